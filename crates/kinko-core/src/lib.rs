@@ -1,0 +1,14 @@
+//! kinko's domain core. Everything here is pure and deterministic: no I/O, no clocks, no randomness.
+//! Callers pass in what the outside world said (blocks, times, balances) and get decisions back, so the
+//! same code runs under unit tests, property tests, a fault-injecting simulator and in production.
+
+pub mod amount;
+pub mod asset;
+pub mod deposit;
+pub mod intent;
+pub mod ledger;
+pub mod reorg;
+pub mod withdrawal;
+
+pub use amount::{Amount, AmountError};
+pub use asset::{AssetCode, AssetError, ChainId};

@@ -1,0 +1,141 @@
+//! The customer withdrawal (M13) as a persisted state machine. The store holds the state; this module
+//! owns which transitions exist, so that every place that moves a withdrawal asks the same table.
+//!
+//! The safety rule behind the table: once a transaction for a withdrawal has been signed, it may already
+//! be on the network (a crash can land between broadcast and the state write), so from `signed` on the
+//! only way out is forward to `settled`. Holds are released only before a nonce is reserved, which is
+//! also what keeps the hot wallet's nonce sequence free of gaps.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawalStatus {
+    /// Accepted by the API; policy and hold not yet applied.
+    Requested,
+    /// Waiting for operator approvals (the operators issue fills this in).
+    PendingApproval,
+    /// Policy passed and the amount is held; ready to build.
+    Approved,
+    /// Nonce and fees reserved and persisted; the unsigned payload is stored.
+    Signing,
+    /// The raw signed transaction is stored; it may or may not be on the network yet.
+    Signed,
+    /// Sent to the node at least once.
+    Broadcast,
+    /// Included in a block, waiting for the confirmation depth.
+    Confirmed,
+    /// Final: funds left the wallet, fee posted. Terminal.
+    Settled,
+    /// Refused or failed before anything was signed; hold released. Terminal.
+    Failed,
+    /// Cancelled before anything was signed; hold released. Terminal.
+    Cancelled,
+}
+
+use WithdrawalStatus::*;
+
+impl WithdrawalStatus {
+    pub const ALL: [WithdrawalStatus; 10] =
+        [Requested, PendingApproval, Approved, Signing, Signed, Broadcast, Confirmed, Settled, Failed, Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requested => "requested",
+            PendingApproval => "pending_approval",
+            Approved => "approved",
+            Signing => "signing",
+            Signed => "signed",
+            Broadcast => "broadcast",
+            Confirmed => "confirmed",
+            Settled => "settled",
+            Failed => "failed",
+            Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Settled | Failed | Cancelled)
+    }
+
+    /// Whether a signed transaction may exist; if so the withdrawal can only move towards `settled`.
+    pub fn may_be_on_chain(self) -> bool {
+        matches!(self, Signed | Broadcast | Confirmed | Settled)
+    }
+
+    /// The only transitions that exist.
+    pub fn can_become(self, next: WithdrawalStatus) -> bool {
+        matches!(
+            (self, next),
+            (Requested, PendingApproval | Approved | Failed | Cancelled)
+                | (PendingApproval, Approved | Failed | Cancelled)
+                | (Approved, Signing | Failed | Cancelled)
+                | (Signing, Signed)
+                | (Signed, Broadcast)
+                // A replacement transaction (fee bump, C4) goes back through `signed` for the same nonce.
+                | (Broadcast, Signed | Confirmed)
+                // A shallow re-org can un-include a transaction; it goes back to waiting.
+                | (Confirmed, Broadcast | Settled)
+        )
+    }
+
+    pub fn transition(self, next: WithdrawalStatus) -> Result<WithdrawalStatus, TransitionError> {
+        if self.can_become(next) { Ok(next) } else { Err(TransitionError { from: self.as_str(), to: next.as_str() }) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transition {from} → {to} is not allowed")]
+pub struct TransitionError {
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+impl fmt::Display for WithdrawalStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WithdrawalStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| format!("unknown withdrawal status {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn m13_nothing_signed_is_ever_released_or_failed() {
+        for s in WithdrawalStatus::ALL.into_iter().filter(|s| s.may_be_on_chain()) {
+            assert!(!s.can_become(Failed), "{s} → failed would release a hold for money that may be paid");
+            assert!(!s.can_become(Cancelled), "{s} → cancelled");
+        }
+        // And nothing leaves a terminal state.
+        for from in WithdrawalStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in WithdrawalStatus::ALL {
+                assert!(!from.can_become(to), "{from} → {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn m13_signing_cannot_be_abandoned() {
+        // Signing holds a reserved nonce; abandoning it would leave a gap that stalls every later nonce.
+        assert_eq!(Signing.transition(Failed).unwrap_err().to, "failed");
+        assert!(Signing.can_become(Signed));
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in WithdrawalStatus::ALL {
+            assert_eq!(s.as_str().parse::<WithdrawalStatus>().unwrap(), s);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Configuration: a TOML file with environment overrides (`KINKO_…`). Every field is documented in
+//! README.md ("Configuration reference"); keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `sqlite://PATH` (embedded default) or `postgres://…`. Env: `KINKO_DATABASE_URL`.
+    pub database_url: String,
+    /// Where the HTTP API listens. Env: `KINKO_LISTEN`.
+    pub listen: SocketAddr,
+    /// Directory for the keystore and other local state. Env: `KINKO_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Names this instance in work leases; two instances must not share a name. Env: `KINKO_INSTANCE_ID`.
+    #[serde(default = "default_instance_id")]
+    pub instance_id: String,
+    /// Dev mode: the signer is unsealed automatically from a KEK file in `data_dir`. Never in production.
+    #[serde(default)]
+    pub dev: bool,
+    pub ethereum: EthereumConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EthereumConfig {
+    /// JSON-RPC endpoint used to read blocks. Env: `KINKO_ETH_RPC`.
+    pub rpc_url: String,
+    /// JSON-RPC endpoint used to send transactions; defaults to `rpc_url` (C7). Env: `KINKO_ETH_SEND_RPC`.
+    #[serde(default)]
+    pub send_rpc_url: Option<String>,
+    /// The chain id kinko expects; the node must report the same or kinko refuses to start (C3).
+    pub chain_id: u64,
+    /// Confirmations before a deposit is credited and a withdrawal settled (C2). Env: `KINKO_ETH_CONFIRMATIONS`.
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+    /// Block to start scanning from when the database has none yet (default: the node's tip).
+    #[serde(default)]
+    pub start_block: Option<u64>,
+    /// How often the watcher polls for blocks.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// A broadcast transaction not included after this long is replaced with higher fees (C4).
+    #[serde(default = "default_stuck_ms")]
+    pub stuck_after_ms: u64,
+    /// Ceiling on max_fee_per_gas, in wei: kinko never bids above it, however stuck a transaction is.
+    #[serde(default = "default_max_fee_cap")]
+    pub max_fee_per_gas_cap_wei: u128,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// How often the withdrawal pipeline looks for work.
+    pub poll_interval_ms: u64,
+    /// How long a claimed withdrawal stays leased to this instance.
+    pub lease_ms: u64,
+    /// Bound on withdrawals advanced per cycle.
+    pub batch_max: u32,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { poll_interval_ms: 500, lease_ms: 15_000, batch_max: 64 }
+    }
+}
+
+fn default_instance_id() -> String {
+    "kinko-1".into()
+}
+fn default_confirmations() -> u64 {
+    3
+}
+fn default_poll_ms() -> u64 {
+    500
+}
+fn default_stuck_ms() -> u64 {
+    60_000
+}
+fn default_max_fee_cap() -> u128 {
+    500_000_000_000 // 500 gwei
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("environment variable {name}: {reason}")]
+    Env { name: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// The embedded default: SQLite under `data_dir`, a local node, dev mode.
+    pub fn dev_default(data_dir: PathBuf, listen: SocketAddr, eth_rpc: String) -> Config {
+        Config {
+            database_url: format!("sqlite://{}", data_dir.join("kinko.db").display()),
+            listen,
+            data_dir,
+            instance_id: default_instance_id(),
+            dev: true,
+            ethereum: EthereumConfig {
+                rpc_url: eth_rpc,
+                send_rpc_url: None,
+                chain_id: 31337,
+                confirmations: default_confirmations(),
+                start_block: Some(0),
+                poll_interval_ms: 250,
+                stuck_after_ms: 30_000,
+                max_fee_per_gas_cap_wei: default_max_fee_cap(),
+            },
+            pipeline: PipelineConfig::default(),
+        }
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Environment overrides, taken through a lookup function so tests need not touch the process env.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("KINKO_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = get("KINKO_LISTEN") {
+            self.listen = v.parse().map_err(|e| ConfigError::Env { name: "KINKO_LISTEN", reason: format!("{e}") })?;
+        }
+        if let Some(v) = get("KINKO_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("KINKO_INSTANCE_ID") {
+            self.instance_id = v;
+        }
+        if let Some(v) = get("KINKO_ETH_RPC") {
+            self.ethereum.rpc_url = v;
+        }
+        if let Some(v) = get("KINKO_ETH_SEND_RPC") {
+            self.ethereum.send_rpc_url = Some(v);
+        }
+        if let Some(v) = get("KINKO_ETH_CONFIRMATIONS") {
+            self.ethereum.confirmations =
+                v.parse().map_err(|e| ConfigError::Env { name: "KINKO_ETH_CONFIRMATIONS", reason: format!("{e}") })?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres")) {
+            return invalid("database_url", "must start with sqlite:// or postgres://");
+        }
+        if self.ethereum.confirmations == 0 || self.ethereum.confirmations > kinko_core::reorg::REORG_DEPTH_MAX {
+            return invalid("ethereum.confirmations", "must be between 1 and the re-org window (256)");
+        }
+        if self.instance_id.is_empty() || self.instance_id.len() > 64 {
+            return invalid("instance_id", "must be 1 to 64 characters");
+        }
+        if self.pipeline.batch_max == 0 || self.pipeline.batch_max > 1_000 {
+            return invalid("pipeline.batch_max", "must be between 1 and 1000");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let mut c = Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());
+        c.apply_env(|n| (n == "KINKO_ETH_CONFIRMATIONS").then(|| "0".to_string())).unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "ethereum.confirmations", .. })));
+        assert!(c.apply_env(|n| (n == "KINKO_LISTEN").then(|| "nope".to_string())).is_err());
+    }
+
+    #[test]
+    fn dev_config_round_trips_through_toml() {
+        let c = Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());
+        let text = toml::to_string(&c).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,10 +1,22 @@
-//! Wiring: the shared state every part of the server reads.
+//! Wiring: key bootstrap (`init`), and starting the API, deposit detection and the withdrawal pipeline
+//! over one store, one node connection and one signer (`serve`).
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 
+use bitcoin::bip32::Xpub;
+use kinko_chain::evm::rpc::EvmRpc;
+use kinko_keys::kek::Kek;
+use kinko_signer::LocalSigner;
 use kinko_store::Store;
+use kinko_store::pipeline::Wallet;
+use kinko_store::signer_records::KeyRecord;
 
 use crate::Config;
+use crate::clock::now_ms;
+use crate::pipeline::{Pipeline, PipelineSettings};
 
 /// Shared, read-mostly state. Cloning is cheap.
 #[derive(Clone)]
@@ -12,7 +24,258 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<Config>,
     /// Account-level xpub for public derivation of deposit addresses (no private key on this side).
-    pub deposit_xpub: Arc<bitcoin::bip32::Xpub>,
+    pub deposit_xpub: Arc<Xpub>,
     /// The hot wallet's lower-case 0x-hex address.
     pub hot_wallet: String,
+}
+
+/// The chain name used in storage for the configured EVM chain.
+pub const ETH_CHAIN: &str = "eth";
+/// Key id of the EVM hot wallet's signing key.
+pub const HOT_KEY_ID: &str = "eth-hot-1";
+/// Key id of the wrapped master seed.
+pub const MASTER_SEED_KEY_ID: &str = "master-seed-1";
+const META_DEPOSIT_XPUB: &str = "eth_deposit_xpub";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("store: {0}")]
+    Store(#[from] kinko_store::StoreError),
+    #[error("node: {0}")]
+    Rpc(#[from] kinko_chain::evm::rpc::RpcError),
+    #[error("keys: {0}")]
+    Keys(String),
+    #[error("signer: {0}")]
+    Signer(#[from] kinko_signer::SignerError),
+    #[error("the node at {url} reports chain id {actual}, but kinko is configured for {expected}; refusing to start (C3)")]
+    WrongChain { url: String, expected: u64, actual: u64 },
+    #[error("not initialised: run `kinko init` first")]
+    NotInitialised,
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What `init` created or found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Custody {
+    pub deposit_xpub: String,
+    pub hot_wallet: String,
+    pub created: bool,
+}
+
+/// Creates the master seed (BIP39, OS CSPRNG), stores it and the hot-wallet key wrapped by the KEK,
+/// and publishes the deposit xpub. Idempotent: a second run finds and reports what exists.
+pub async fn init(store: &Store, kek: &Kek) -> Result<Custody, AppError> {
+    if let Some(custody) = load_custody(store).await? {
+        return Ok(custody);
+    }
+    let now = now_ms();
+    let (seed, mnemonic) = kinko_keys::seed::MasterSeed::generate();
+    let master = seed.to_bip32_master().map_err(|e| AppError::Keys(e.to_string()))?;
+    let xpub = kinko_keys::hd::evm_deposit_xpub(&master).map_err(|e| AppError::Keys(e.to_string()))?;
+    let hot_secret = kinko_keys::hd::evm_hot_wallet_secret(&master).map_err(|e| AppError::Keys(e.to_string()))?;
+    let hot_public = bitcoin::secp256k1::SecretKey::from_slice(hot_secret.as_ref())
+        .map_err(|e| AppError::Keys(e.to_string()))?
+        .public_key(&bitcoin::secp256k1::Secp256k1::signing_only());
+    let hot_wallet = kinko_keys::hd::evm_address(&hot_public);
+
+    let wrapped_seed = kek.wrap(MASTER_SEED_KEY_ID, "master_seed", mnemonic.as_bytes()).map_err(|e| AppError::Keys(e.to_string()))?;
+    let wrapped_hot = kek.wrap(HOT_KEY_ID, "hot_wallet", hot_secret.as_ref()).map_err(|e| AppError::Keys(e.to_string()))?;
+    store
+        .insert_key(&KeyRecord {
+            id: MASTER_SEED_KEY_ID.into(),
+            purpose: "master_seed".into(),
+            chain: ETH_CHAIN.into(),
+            address: String::new(),
+            wrapped_hex: hex::encode(wrapped_seed),
+            state: "active".into(),
+            created_at_ms: now,
+        })
+        .await?;
+    store
+        .insert_key(&KeyRecord {
+            id: HOT_KEY_ID.into(),
+            purpose: "hot_wallet".into(),
+            chain: ETH_CHAIN.into(),
+            address: hot_wallet.clone(),
+            wrapped_hex: hex::encode(wrapped_hot),
+            state: "active".into(),
+            created_at_ms: now,
+        })
+        .await?;
+    store.ensure_wallet(Wallet { address: &hot_wallet, chain: ETH_CHAIN, tier: "hot", key_id: HOT_KEY_ID }, now).await?;
+    // Publishing the xpub last makes it the commit point: until it exists, `init` runs again.
+    let stored = store.meta_init(META_DEPOSIT_XPUB, &xpub.to_string()).await?;
+    Ok(Custody { deposit_xpub: stored, hot_wallet, created: true })
+}
+
+async fn load_custody(store: &Store) -> Result<Option<Custody>, AppError> {
+    let Some(xpub) = store.meta_get(META_DEPOSIT_XPUB).await? else { return Ok(None) };
+    let hot = store.key(HOT_KEY_ID).await?.ok_or(AppError::NotInitialised)?;
+    Ok(Some(Custody { deposit_xpub: xpub, hot_wallet: hot.address, created: false }))
+}
+
+/// A running kinko: the API's address and a way to stop everything.
+pub struct Running {
+    pub listen: SocketAddr,
+    pub state: AppState,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the API, deposit detection and the withdrawal pipeline. The signer is in-process here
+/// (dev and tests); the isolated signer process comes with the key-custody work.
+pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
+    let store = Store::connect(&config.database_url).await?;
+    let read = EvmRpc::new(&config.ethereum.rpc_url)?;
+    let send = EvmRpc::new(config.ethereum.send_rpc_url.as_deref().unwrap_or(&config.ethereum.rpc_url))?;
+    for (url, rpc) in [(&config.ethereum.rpc_url, &read), (config.ethereum.send_rpc_url.as_ref().unwrap_or(&config.ethereum.rpc_url), &send)] {
+        let actual = rpc.chain_id().await?;
+        if actual != config.ethereum.chain_id {
+            return Err(AppError::WrongChain { url: url.clone(), expected: config.ethereum.chain_id, actual });
+        }
+    }
+    let custody = load_custody(&store).await?.ok_or(AppError::NotInitialised)?;
+    let xpub = Xpub::from_str(&custody.deposit_xpub).map_err(|e| AppError::Keys(format!("stored xpub: {e}")))?;
+
+    let journal = Arc::new(kinko_signer::store_journal::StoreJournal(store.clone()));
+    let signer = Arc::new(LocalSigner::new(journal));
+    let hot = store.key(HOT_KEY_ID).await?.ok_or(AppError::NotInitialised)?;
+    let wrapped = hex::decode(&hot.wrapped_hex).map_err(|_| AppError::Keys("stored hot key is not hex".into()))?;
+    let secret = kek.unwrap(HOT_KEY_ID, "hot_wallet", &wrapped).map_err(|e| AppError::Keys(e.to_string()))?;
+    let secret: [u8; 32] = secret.as_slice().try_into().map_err(|_| AppError::Keys("hot key has the wrong length".into()))?;
+    let address = signer.add_secp256k1_key(HOT_KEY_ID, zeroize::Zeroizing::new(secret))?;
+    if address != hot.address {
+        return Err(AppError::Keys("unwrapped hot key does not match its recorded address".into()));
+    }
+
+    let config = Arc::new(config);
+    let state = AppState { store: store.clone(), config: config.clone(), deposit_xpub: Arc::new(xpub), hot_wallet: hot.address.clone() };
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listen = listener.local_addr()?;
+    let router = crate::api::router(state.clone());
+    let mut api_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.wait_for(|stop| *stop).await;
+            });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    }));
+
+    let watcher_cfg = crate::watcher::WatcherConfig {
+        chain: ETH_CHAIN.into(),
+        asset: "ETH".parse().expect("static asset code"),
+        confirmations: config.ethereum.confirmations,
+        start_block: config.ethereum.start_block,
+        poll_interval: std::time::Duration::from_millis(config.ethereum.poll_interval_ms),
+    };
+    tasks.push(tokio::spawn(crate::watcher::run_deposit_watcher(store.clone(), read.clone(), watcher_cfg, shutdown_rx.clone())));
+
+    let settings = PipelineSettings {
+        chain: ETH_CHAIN.into(),
+        chain_id: config.ethereum.chain_id,
+        hot_wallet: hot.address.clone(),
+        hot_key_id: HOT_KEY_ID.into(),
+        confirmations: config.ethereum.confirmations,
+        stuck_after_ms: config.ethereum.stuck_after_ms,
+        max_fee_per_gas_cap_wei: config.ethereum.max_fee_per_gas_cap_wei,
+        instance_id: config.instance_id.clone(),
+        lease_ms: config.pipeline.lease_ms,
+        batch_max: config.pipeline.batch_max,
+        poll_interval_ms: config.pipeline.poll_interval_ms,
+    };
+    let pipeline = Pipeline::new(store.clone(), read, send, signer, settings);
+    tasks.push(tokio::spawn(pipeline.run(shutdown_rx)));
+
+    Ok(Running { listen, state, shutdown, tasks })
+}
+
+/// Loads the KEK for this configuration. Dev mode keeps it in a file beside the database, which is
+/// exactly what production must never do; the caller prints the warning.
+pub fn load_kek(config: &Config) -> Result<Kek, AppError> {
+    if config.dev {
+        std::fs::create_dir_all(&config.data_dir)?;
+        return kinko_keys::kek::dev_kek(&config.data_dir.join(DEV_KEK_FILE)).map_err(|e| AppError::Keys(e.to_string()));
+    }
+    let path = std::env::var_os("KINKO_KEK_FILE").ok_or_else(|| {
+        AppError::Keys("the signer is sealed: set KINKO_KEK_FILE (unseal with custodian shares is the key-custody issue)".into())
+    })?;
+    kinko_keys::kek::dev_kek(Path::new(&path)).map_err(|e| AppError::Keys(e.to_string()))
+}
+
+pub const DEV_KEK_FILE: &str = "dev-kek.bin";
+
+/// The first default account of a local anvil node: unlocked, funded with 10,000 test ETH.
+pub const ANVIL_ACCOUNT0: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+const DEV_FUNDING_REFERENCE: &str = "dev-funding";
+/// What the dev set-up puts into the hot wallet: 1,000 test ETH.
+pub const DEV_FUNDING_WEI: u128 = 1_000 * 10u128.pow(18);
+
+/// Dev only: funds the hot wallet from anvil's first account and records it as the custodian's own
+/// money (A1). Safe to repeat: the posting's reference is fixed, and a crash between sending and
+/// posting is healed on the next run by posting what the chain shows (nothing else moves the hot wallet
+/// before this has run).
+pub async fn dev_fund(store: &Store, rpc_url: &str, hot_wallet: &str) -> Result<(), AppError> {
+    use kinko_core::ledger::{AccountRef, postings};
+    let eth: kinko_core::AssetCode = "ETH".parse().expect("static asset code");
+    let exists = store.balance(&AccountRef::equity(&eth)).await?;
+    if exists != kinko_core::ledger::Balance::default() {
+        return Ok(());
+    }
+    let rpc = EvmRpc::new(rpc_url)?;
+    let address = kinko_chain::evm::address::parse_address(hot_wallet).map_err(|e| AppError::Keys(e.to_string()))?;
+    if rpc.balance(address).await? == 0 {
+        let client = reqwest::Client::new();
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "eth_sendTransaction",
+            "params": [{ "from": ANVIL_ACCOUNT0, "to": hot_wallet, "value": format!("{DEV_FUNDING_WEI:#x}") }],
+        });
+        let reply: serde_json::Value = client
+            .post(rpc_url)
+            .json(&body)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| AppError::Keys(format!("dev funding request: {e}")))?
+            .json()
+            .await
+            .map_err(|e| AppError::Keys(format!("dev funding reply: {e}")))?;
+        if let Some(err) = reply.get("error") {
+            return Err(AppError::Keys(format!("dev funding refused by the node: {err}")));
+        }
+        let _ = client.post(rpc_url).json(&serde_json::json!({"jsonrpc":"2.0","id":2,"method":"evm_mine","params":[]})).send().await;
+        for _ in 0..100 {
+            if rpc.balance(address).await? > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let on_chain = rpc.balance(address).await?;
+    if on_chain == 0 {
+        return Err(AppError::Keys("dev funding did not arrive".into()));
+    }
+    let draft = postings::custodian_funding(
+        DEV_FUNDING_REFERENCE.into(),
+        hot_wallet,
+        &eth,
+        kinko_core::Amount::from_base_units(on_chain),
+    );
+    store.post(draft, now_ms()).await?;
+    Ok(())
 }

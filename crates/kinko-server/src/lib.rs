@@ -1,0 +1,12 @@
+//! kinko's server: the customer interface (M1), deposit detection (M6), the withdrawal pipeline
+//! (M9a/M9b, M13), wired over the store, the chain adapter and the signer.
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod pipeline;
+pub mod watcher;
+
+pub use app::AppState;
+pub use config::Config;

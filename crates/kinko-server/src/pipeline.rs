@@ -1,0 +1,346 @@
+//! The withdrawal pipeline (M9a create, M9b send, M13): advances each withdrawal through
+//! `approved → signing → signed → broadcast → confirmed → settled`, one persisted step at a time.
+//!
+//! Safety rules, and where each is enforced:
+//! - The nonce and fee plan are persisted before signing (`Store::reserve_nonce`), so re-signing after
+//!   a crash yields the identical payload, which the signer accepts again.
+//! - The raw transaction is persisted before broadcast (`Store::record_signed`); re-sending the same raw
+//!   transaction is harmless.
+//! - A stuck transaction is replaced with the same nonce and higher fees (C4); every version is kept
+//!   and watched, so whichever lands is found, and only one can land (C5: tracked by nonce and hash).
+//! - Nothing that may be on chain is ever released or failed (`kinko_core::withdrawal`).
+//! - Settlement posts the fee the chain actually charged, after the confirmation depth (C2).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kinko_chain::evm::FeeEstimate;
+use kinko_chain::evm::address::parse_address;
+use kinko_chain::evm::build::{self, SignedEvmTx};
+use kinko_chain::evm::rpc::{EvmRpc, SendOutcome};
+use kinko_core::deposit::confirmations;
+use kinko_core::intent::Intent;
+use kinko_core::withdrawal::WithdrawalStatus;
+use kinko_core::{Amount, ChainId};
+use kinko_signer::{EvmSignRequest, Signer};
+use kinko_store::Store;
+use kinko_store::pipeline::{FeePlan, TxVersion};
+use kinko_store::withdrawals::WithdrawalRow;
+
+use crate::clock::now_ms;
+
+/// What the pipeline needs to know about the chain and the hot wallet.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub chain: String,
+    pub chain_id: u64,
+    pub hot_wallet: String,
+    pub hot_key_id: String,
+    pub confirmations: u64,
+    pub stuck_after_ms: u64,
+    pub max_fee_per_gas_cap_wei: u128,
+    pub instance_id: String,
+    pub lease_ms: u64,
+    pub batch_max: u32,
+    pub poll_interval_ms: u64,
+}
+
+/// How long to wait before retrying a step that failed for an outside reason (node down, refusal).
+pub const RETRY_BACKOFF_MS: i64 = 2_000;
+/// Re-send a broadcast transaction this often while it waits, in case a node dropped it.
+pub const REBROADCAST_AFTER_MS: i64 = 10_000;
+/// Bound on steps one withdrawal takes in one cycle.
+pub const STEPS_PER_CYCLE_MAX: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("store: {0}")]
+    Store(#[from] kinko_store::StoreError),
+    #[error("node: {0}")]
+    Rpc(#[from] kinko_chain::evm::rpc::RpcError),
+    #[error("signer refused: {0}")]
+    Signer(#[from] kinko_signer::SignerError),
+    #[error("build: {0}")]
+    Build(#[from] kinko_chain::evm::build::BuildError),
+    #[error("inconsistent withdrawal {id}: {reason}")]
+    Inconsistent { id: String, reason: String },
+}
+
+/// What one step did.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Moved to a new status; keep going.
+    Moved,
+    /// Nothing to do until later.
+    Wait,
+}
+
+#[derive(Clone)]
+pub struct Pipeline {
+    store: Store,
+    read: EvmRpc,
+    send: EvmRpc,
+    signer: Arc<dyn Signer>,
+    settings: PipelineSettings,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CycleReport {
+    pub claimed: usize,
+    pub steps: usize,
+    pub errors: usize,
+}
+
+impl Pipeline {
+    pub fn new(store: Store, read: EvmRpc, send: EvmRpc, signer: Arc<dyn Signer>, settings: PipelineSettings) -> Self {
+        Pipeline { store, read, send, signer, settings }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let interval = Duration::from_millis(self.settings.poll_interval_ms);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.run_once(now_ms()).await {
+                Ok(report) if report.errors > 0 => tracing::warn!(?report, "withdrawal pipeline cycle had errors"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "withdrawal pipeline cycle failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One cycle: claim a bounded batch and advance each withdrawal as far as it can go now.
+    pub async fn run_once(&self, now_ms: i64) -> Result<CycleReport, PipelineError> {
+        let s = &self.settings;
+        let claimed = self.store.claim_withdrawals(&s.instance_id, now_ms, s.lease_ms as i64, s.batch_max).await?;
+        let mut report = CycleReport { claimed: claimed.len(), ..Default::default() };
+        for w in claimed {
+            let id = w.id.clone();
+            match self.advance(w).await {
+                Ok(steps) => report.steps += steps,
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(withdrawal = %id, error = %e, "withdrawal step failed; will retry");
+                    let message = e.to_string();
+                    self.store.defer_withdrawal(&id, Some(&message), crate::clock::now_ms() + RETRY_BACKOFF_MS).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Advances one withdrawal until it has to wait. Re-reads the row after every step: another
+    /// instance may have moved it.
+    async fn advance(&self, mut w: WithdrawalRow) -> Result<usize, PipelineError> {
+        for steps in 0..STEPS_PER_CYCLE_MAX {
+            let step = match w.status {
+                WithdrawalStatus::Approved => self.reserve(&w).await?,
+                WithdrawalStatus::Signing => self.sign(&w).await?,
+                WithdrawalStatus::Signed => self.broadcast(&w).await?,
+                WithdrawalStatus::Broadcast => self.watch_inclusion(&w).await?,
+                WithdrawalStatus::Confirmed => self.watch_depth(&w).await?,
+                _ => Step::Wait,
+            };
+            if step == Step::Wait {
+                return Ok(steps);
+            }
+            match self.store.withdrawal(&w.id).await? {
+                Some(next) => w = next,
+                None => return Err(PipelineError::Inconsistent { id: w.id, reason: "row vanished".into() }),
+            }
+        }
+        Ok(STEPS_PER_CYCLE_MAX)
+    }
+
+    /// approved → signing: reserve the nonce and fix the fee plan.
+    async fn reserve(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
+        let wallet = parse_address(&w.source_wallet).map_err(|e| self.inconsistent(w, format!("source wallet {e}")))?;
+        let chain_nonce = self.read.nonce(wallet, kinko_chain::evm::rpc::NonceAt::Latest).await?;
+        let fees = self.read.fee_estimate().await?;
+        let fees = cap(fees, self.settings.max_fee_per_gas_cap_wei);
+        let plan = FeePlan {
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            gas_limit: kinko_chain::evm::NATIVE_TRANSFER_GAS,
+        };
+        let reserved = self.store.reserve_nonce(&w.id, &w.source_wallet, chain_nonce, plan, now_ms()).await?;
+        Ok(if reserved.is_some() { Step::Moved } else { Step::Wait })
+    }
+
+    /// signing → signed: build from the persisted plan, have the signer check and sign, store the raw tx.
+    async fn sign(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
+        let plan = self.store.fee_plan(&w.id).await?.ok_or_else(|| self.inconsistent(w, "no fee plan".into()))?;
+        let signed = self.sign_version(w, plan).await?;
+        let moved = self.store.record_signed(&w.id, WithdrawalStatus::Signing, &signed, now_ms()).await?;
+        Ok(if moved { Step::Moved } else { Step::Wait })
+    }
+
+    async fn sign_version(&self, w: &WithdrawalRow, plan: FeePlan) -> Result<TxVersion, PipelineError> {
+        let nonce = w.nonce.ok_or_else(|| self.inconsistent(w, "no nonce".into()))?;
+        let to = parse_address(&w.destination).map_err(|e| self.inconsistent(w, format!("destination {e}")))?;
+        let unsigned = build::native_transfer(
+            self.settings.chain_id,
+            nonce,
+            to,
+            w.amount.base_units(),
+            FeeEstimate { max_fee_per_gas: plan.max_fee_per_gas, max_priority_fee_per_gas: plan.max_priority_fee_per_gas },
+            plan.gas_limit,
+        );
+        let intent = self.intent(w);
+        if hex::encode(intent.hash()) != w.intent_hash {
+            // The row was edited after the intent was fixed: refuse rather than sign something else.
+            return Err(self.inconsistent(w, "intent hash does not match the withdrawal's fields".into()));
+        }
+        let request = EvmSignRequest {
+            key_id: self.settings.hot_key_id.clone(),
+            chain_id: self.settings.chain_id,
+            nonce,
+            payload: unsigned.payload.clone(),
+            intent,
+            approvals: Vec::new(),
+            actor: format!("pipeline:{}", self.settings.instance_id),
+            terminal: self.settings.instance_id.clone(),
+        };
+        let signature = self.signer.sign_evm(&request).await?;
+        let SignedEvmTx { raw, tx_hash } = build::assemble_signed(&unsigned.payload, &signature)?;
+        Ok(TxVersion { tx_hash: hex0x(&tx_hash), nonce, fees: plan, raw, created_at_ms: now_ms(), broadcast_at_ms: None })
+    }
+
+    /// signed → broadcast: send the newest version (idempotent).
+    async fn broadcast(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
+        let versions = self.store.tx_versions(&w.id).await?;
+        let current = w.tx_hash.as_deref().ok_or_else(|| self.inconsistent(w, "signed without tx hash".into()))?;
+        let version =
+            versions.iter().find(|v| v.tx_hash == current).ok_or_else(|| self.inconsistent(w, "signed tx not stored".into()))?;
+        match self.send.send_raw(&version.raw).await? {
+            SendOutcome::Accepted | SendOutcome::AlreadyKnown => {}
+            // The nonce is used: by one of our versions (found by the inclusion check) or by a spend
+            // kinko did not make, which the inclusion check reports and never settles.
+            SendOutcome::NonceConsumed => tracing::warn!(withdrawal = %w.id, "nonce already consumed on chain"),
+        }
+        let moved = self.store.mark_broadcast(&w.id, current, now_ms()).await?;
+        Ok(if moved { Step::Moved } else { Step::Wait })
+    }
+
+    /// broadcast → confirmed when any version has a receipt; otherwise re-send, or bump a stuck one.
+    async fn watch_inclusion(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
+        let versions = self.store.tx_versions(&w.id).await?;
+        for v in &versions {
+            let Some(receipt) = self.read.receipt(parse_hash(&v.tx_hash).map_err(|r| self.inconsistent(w, r))?).await? else {
+                continue;
+            };
+            if !receipt.success {
+                // A plain ETH transfer to an address cannot revert unless the destination is a contract
+                // that rejects it. The fee is paid and the value is not: this needs an operator.
+                return Err(self.inconsistent(w, format!("transaction {} reverted on chain", v.tx_hash)));
+            }
+            let fee = Amount::from_base_units(u128::from(receipt.gas_used) * receipt.effective_gas_price);
+            let tip = self.read.block_number().await?;
+            let depth = confirmations(tip, receipt.block_number);
+            let moved = self
+                .store
+                .mark_included(&w.id, &v.tx_hash, receipt.block_number, &hex0x(&receipt.block_hash), fee, depth, now_ms())
+                .await?;
+            return Ok(if moved { Step::Moved } else { Step::Wait });
+        }
+        let now = now_ms();
+        let newest = versions.last().ok_or_else(|| self.inconsistent(w, "broadcast without versions".into()))?;
+        let sent_at = newest.broadcast_at_ms.unwrap_or(newest.created_at_ms);
+        if now - sent_at >= self.settings.stuck_after_ms as i64 {
+            return self.bump(w, newest).await;
+        }
+        if now - sent_at >= REBROADCAST_AFTER_MS
+            && let Err(e) = self.send.send_raw(&newest.raw).await
+        {
+            tracing::warn!(withdrawal = %w.id, error = %e, "re-send failed");
+        }
+        self.store.defer_withdrawal(&w.id, None, now + self.settings.poll_interval_ms as i64).await?;
+        Ok(Step::Wait)
+    }
+
+    /// A stuck transaction: sign a replacement with the same nonce and higher fees (C4).
+    async fn bump(&self, w: &WithdrawalRow, newest: &TxVersion) -> Result<Step, PipelineError> {
+        let current = self.read.fee_estimate().await?;
+        let previous =
+            FeeEstimate { max_fee_per_gas: newest.fees.max_fee_per_gas, max_priority_fee_per_gas: newest.fees.max_priority_fee_per_gas };
+        let Some(next) = build::bump_fees(previous, current, self.settings.max_fee_per_gas_cap_wei) else {
+            tracing::warn!(withdrawal = %w.id, "stuck, and a fee bump would exceed the configured cap; waiting");
+            self.store.defer_withdrawal(&w.id, Some("stuck: fee cap reached"), now_ms() + RETRY_BACKOFF_MS).await?;
+            return Ok(Step::Wait);
+        };
+        let plan = FeePlan {
+            max_fee_per_gas: next.max_fee_per_gas,
+            max_priority_fee_per_gas: next.max_priority_fee_per_gas,
+            gas_limit: newest.fees.gas_limit,
+        };
+        let version = self.sign_version(w, plan).await?;
+        tracing::info!(withdrawal = %w.id, old = %newest.tx_hash, new = %version.tx_hash, "replacing stuck transaction");
+        let moved = self.store.record_signed(&w.id, WithdrawalStatus::Broadcast, &version, now_ms()).await?;
+        Ok(if moved { Step::Moved } else { Step::Wait })
+    }
+
+    /// confirmed → settled after the confirmation depth, unless a re-org removed the block.
+    async fn watch_depth(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
+        let block = w.included_block.ok_or_else(|| self.inconsistent(w, "confirmed without block".into()))?;
+        let expected = w.included_block_hash.as_deref().ok_or_else(|| self.inconsistent(w, "confirmed without block hash".into()))?;
+        let on_chain = self.read.block_hash(block).await?.map(|h| hex0x(&h));
+        if on_chain.as_deref() != Some(expected) {
+            tracing::warn!(withdrawal = %w.id, block, "including block was re-orged away; waiting for re-inclusion");
+            let moved = self.store.mark_uncluded(&w.id, now_ms()).await?;
+            return Ok(if moved { Step::Moved } else { Step::Wait });
+        }
+        let tip = self.read.block_number().await?;
+        let depth = confirmations(tip, block);
+        if depth >= self.settings.confirmations {
+            let moved = self.store.settle_withdrawal(w, depth, now_ms()).await?;
+            return Ok(if moved { Step::Moved } else { Step::Wait });
+        }
+        if depth != w.confirmations {
+            self.store.set_confirmations(&w.id, depth, now_ms()).await?;
+        }
+        self.store.defer_withdrawal(&w.id, None, now_ms() + self.settings.poll_interval_ms as i64).await?;
+        Ok(Step::Wait)
+    }
+
+    fn intent(&self, w: &WithdrawalRow) -> Intent {
+        Intent {
+            id: w.id.clone(),
+            asset: w.asset.clone(),
+            chain_id: ChainId(self.settings.chain_id),
+            amount: w.amount,
+            destination: w.destination.clone(),
+            source_wallet: w.source_wallet.clone(),
+            customer_id: w.customer_id.clone(),
+            reason: CUSTOMER_WITHDRAWAL_REASON.into(),
+        }
+    }
+
+    fn inconsistent(&self, w: &WithdrawalRow, reason: String) -> PipelineError {
+        PipelineError::Inconsistent { id: w.id.clone(), reason }
+    }
+}
+
+/// The reason recorded in a customer withdrawal's intent (the API uses the same text).
+pub const CUSTOMER_WITHDRAWAL_REASON: &str = "customer withdrawal";
+
+fn cap(mut fees: FeeEstimate, cap_wei: u128) -> FeeEstimate {
+    fees.max_fee_per_gas = fees.max_fee_per_gas.min(cap_wei);
+    fees.max_priority_fee_per_gas = fees.max_priority_fee_per_gas.min(fees.max_fee_per_gas);
+    fees
+}
+
+pub fn hex0x(bytes: &[u8]) -> String {
+    format!("0x{}", hex::encode(bytes))
+}
+
+fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out).map_err(|_| format!("bad tx hash {s:?}"))?;
+    Ok(out)
+}

@@ -1,0 +1,5 @@
+//! Keys (K1, K5, K6): the BIP39 master seed, BIP32 derivation, and KEK wrapping of secrets at rest.
+
+pub mod hd;
+pub mod kek;
+pub mod seed;

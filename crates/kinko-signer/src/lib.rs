@@ -1,0 +1,96 @@
+//! The transaction signing system (M9c, K20, L2, O5).
+//!
+//! Everything that signs goes through [`Signer`], so the pipeline does not care whether the keys sit in
+//! this process ([`LocalSigner`], for `kinko dev`), in a separate signer process or in an HSM. Whatever
+//! the backend, the contract (docs: "The signer's contract") is the same:
+//! - decode the payload with the signer's own code and compare every value-moving field with the intent;
+//! - refuse payloads it does not understand or that change control;
+//! - keep the anti-double-sign record per (key, chain, nonce-or-outpoint);
+//! - write the key access log entry durably before returning; no log, no signature;
+//! - return a low-S signature verified with an independent library; never key material.
+
+pub mod evm;
+pub mod journal;
+pub mod local;
+pub mod store_journal;
+pub mod testing;
+
+use serde::{Deserialize, Serialize};
+
+pub use journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
+pub use local::LocalSigner;
+pub use store_journal::StoreJournal;
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How many operator approvals a hot-wallet intent under limits needs. Verifying approval signatures
+/// against the signer's own operator registry comes with the operators issue; until then the signer
+/// accepts the field and requires none.
+pub const HOT_WALLET_QUORUM: usize = 0;
+
+/// An operator's approval: a signature over the intent hash. Verified in the operators issue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub operator_id: String,
+    pub signature_hex: String,
+}
+
+/// A request to sign one EVM transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvmSignRequest {
+    pub key_id: String,
+    pub chain_id: u64,
+    pub nonce: u64,
+    /// EIP-2718 typed *unsigned* EIP-1559 transaction: `0x02 || rlp([chain_id, nonce,
+    /// max_priority_fee_per_gas, max_fee_per_gas, gas_limit, to, value, input, access_list])`, i.e.
+    /// alloy's `TxEip1559::encode_for_signing`. The signing hash is keccak256 of these bytes.
+    #[serde(with = "hex_bytes")]
+    pub payload: Vec<u8>,
+    pub intent: kinko_core::intent::Intent,
+    pub approvals: Vec<Approval>,
+    /// Who asked (operator id, or the pipeline instance for automatic hot-wallet withdrawals).
+    pub actor: String,
+    /// From where (host, process); goes into the key access log.
+    pub terminal: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("signer is sealed")]
+    Sealed,
+    #[error("unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("payload is malformed: {0}")]
+    Malformed(String),
+    #[error("payload {field} is {actual}, but the intent says {expected}")]
+    IntentMismatch { field: &'static str, expected: String, actual: String },
+    /// A payload class the signer does not sign (contract calls, contract creation, access lists, …).
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("double sign refused for key {key_id:?}, chain {chain}, slot {slot}: {reason}")]
+    DoubleSign { key_id: String, chain: String, slot: String, reason: String },
+    /// The anti-double-sign record or the key access log could not be read or written: fail closed.
+    #[error("signer journal unavailable: {0}")]
+    JournalUnavailable(String),
+    #[error("signer internal error: {0}")]
+    Internal(String),
+}
+
+pub trait Signer: Send + Sync {
+    /// Returns r(32)||s(32)||y_parity(1), low-S, verified with an independent library before returning.
+    fn sign_evm<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>>;
+}
+
+/// Payload bytes as lower-case hex in JSON (for the signer's socket protocol and for logs of requests).
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s.strip_prefix("0x").unwrap_or(&s)).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,79 @@
+//! [`SignerJournal`] on kinko-store (SQLite or PostgreSQL): the slot payloads and the key access log row
+//! are committed in one transaction before the signature is returned.
+
+use kinko_store::signer_records::{KeyAccessRecord, SlotRecord};
+use kinko_store::{Store, StoreError};
+
+use crate::BoxFuture;
+use crate::journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
+
+#[derive(Clone, Debug)]
+pub struct StoreJournal(pub Store);
+
+fn store_error(e: StoreError) -> JournalError {
+    match e {
+        StoreError::Conflict(_) => JournalError::Conflict,
+        other => JournalError::Unavailable(other.to_string()),
+    }
+}
+
+fn corrupt(what: &str) -> JournalError {
+    JournalError::Unavailable(format!("signer_slots holds a malformed {what}"))
+}
+
+fn hash_from_hex(what: &str, s: &str) -> Result<[u8; 32], JournalError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| corrupt(what))?;
+    Ok(out)
+}
+
+impl SignerJournal for StoreJournal {
+    fn slot_entries<'a>(&'a self, slot: &'a SlotKey) -> BoxFuture<'a, Result<Vec<SlotEntry>, JournalError>> {
+        Box::pin(async move {
+            let rows = self.0.signer_slot_payloads(&slot.key_id, &slot.chain, &slot.slot).await.map_err(store_error)?;
+            rows.iter()
+                .map(|r| {
+                    // Fail closed on unreadable rows: an entry the signer cannot judge blocks the slot.
+                    Ok(SlotEntry {
+                        payload: hex::decode(&r.payload_hex).map_err(|_| corrupt("payload"))?,
+                        payload_sha256: hash_from_hex("payload_sha256", &r.payload_sha256)?,
+                        intent_hash: hash_from_hex("intent_hash", &r.intent_hash)?,
+                        at_ms: r.created_at_ms,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        slot: &'a SlotKey,
+        expected_prior: &'a [[u8; 32]],
+        entry: &'a SlotEntry,
+        access: &'a KeyAccessEntry,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            let record = SlotRecord {
+                key_id: slot.key_id.clone(),
+                chain: slot.chain.clone(),
+                slot: slot.slot.clone(),
+                payload_sha256: hex::encode(entry.payload_sha256),
+                payload_hex: hex::encode(&entry.payload),
+                intent_hash: hex::encode(entry.intent_hash),
+                created_at_ms: entry.at_ms,
+            };
+            let log = KeyAccessRecord {
+                at_ms: access.at_ms,
+                key_id: access.key_id.clone(),
+                operation: access.operation.clone(),
+                payload_sha256: hex::encode(access.payload_sha256),
+                intent_hash: hex::encode(access.intent_hash),
+                actor: access.actor.clone(),
+                terminal: access.terminal.clone(),
+            };
+            let expected: Vec<String> = expected_prior.iter().map(hex::encode).collect();
+            self.0.record_signature(&record, &log, &expected).await.map_err(store_error)?;
+            Ok(())
+        })
+    }
+}

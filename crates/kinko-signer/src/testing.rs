@@ -1,0 +1,91 @@
+//! Journals for unit tests and benchmarks: [`MemoryJournal`] (not durable, same semantics as the store)
+//! and [`FailingJournal`] (every write fails, to test that the signer fails closed).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::BoxFuture;
+use crate::journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
+
+#[derive(Default)]
+struct MemoryState {
+    slots: HashMap<SlotKey, Vec<SlotEntry>>,
+    access_log: Vec<KeyAccessEntry>,
+}
+
+/// An in-memory journal with the store's compare-and-append semantics.
+#[derive(Default)]
+pub struct MemoryJournal {
+    state: Mutex<MemoryState>,
+}
+
+impl MemoryJournal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of the key access log.
+    pub fn access_log(&self) -> Vec<KeyAccessEntry> {
+        self.state.lock().map(|s| s.access_log.clone()).unwrap_or_default()
+    }
+}
+
+fn unavailable() -> JournalError {
+    JournalError::Unavailable("memory journal lock poisoned".into())
+}
+
+impl SignerJournal for MemoryJournal {
+    fn slot_entries<'a>(&'a self, slot: &'a SlotKey) -> BoxFuture<'a, Result<Vec<SlotEntry>, JournalError>> {
+        Box::pin(async move {
+            let state = self.state.lock().map_err(|_| unavailable())?;
+            Ok(state.slots.get(slot).cloned().unwrap_or_default())
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        slot: &'a SlotKey,
+        expected_prior: &'a [[u8; 32]],
+        entry: &'a SlotEntry,
+        access: &'a KeyAccessEntry,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            let mut guard = self.state.lock().map_err(|_| unavailable())?;
+            let state = &mut *guard;
+            let entries = state.slots.entry(slot.clone()).or_default();
+            let mut present: Vec<[u8; 32]> = entries.iter().map(|e| e.payload_sha256).collect();
+            let mut expected = expected_prior.to_vec();
+            present.sort();
+            expected.sort();
+            expected.dedup();
+            if present != expected {
+                return Err(JournalError::Conflict);
+            }
+            if !present.contains(&entry.payload_sha256) {
+                entries.push(entry.clone());
+            }
+            state.access_log.push(access.clone());
+            Ok(())
+        })
+    }
+}
+
+/// Reads succeed (an empty record); every write fails, as a full disk or a lost database would.
+#[derive(Default)]
+pub struct FailingJournal;
+
+impl SignerJournal for FailingJournal {
+    fn slot_entries<'a>(&'a self, _slot: &'a SlotKey) -> BoxFuture<'a, Result<Vec<SlotEntry>, JournalError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn record<'a>(
+        &'a self,
+        _slot: &'a SlotKey,
+        _expected_prior: &'a [[u8; 32]],
+        _entry: &'a SlotEntry,
+        _access: &'a KeyAccessEntry,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async { Err(JournalError::Unavailable("key access log cannot be written (test)".into())) })
+    }
+}

@@ -24,7 +24,7 @@ use kinko_core::withdrawal::WithdrawalStatus;
 use kinko_core::{Amount, ChainId};
 use kinko_signer::{EvmSignRequest, Signer};
 use kinko_store::Store;
-use kinko_store::pipeline::{FeePlan, TxVersion};
+use kinko_store::pipeline::{FeePlan, Inclusion, TxVersion};
 use kinko_store::withdrawals::WithdrawalRow;
 
 use crate::clock::now_ms;
@@ -189,7 +189,10 @@ impl Pipeline {
             nonce,
             to,
             w.amount.base_units(),
-            FeeEstimate { max_fee_per_gas: plan.max_fee_per_gas, max_priority_fee_per_gas: plan.max_priority_fee_per_gas },
+            FeeEstimate {
+                max_fee_per_gas: plan.max_fee_per_gas,
+                max_priority_fee_per_gas: plan.max_priority_fee_per_gas,
+            },
             plan.gas_limit,
         );
         let intent = self.intent(w);
@@ -209,15 +212,24 @@ impl Pipeline {
         };
         let signature = self.signer.sign_evm(&request).await?;
         let SignedEvmTx { raw, tx_hash } = build::assemble_signed(&unsigned.payload, &signature)?;
-        Ok(TxVersion { tx_hash: hex0x(&tx_hash), nonce, fees: plan, raw, created_at_ms: now_ms(), broadcast_at_ms: None })
+        Ok(TxVersion {
+            tx_hash: hex0x(&tx_hash),
+            nonce,
+            fees: plan,
+            raw,
+            created_at_ms: now_ms(),
+            broadcast_at_ms: None,
+        })
     }
 
     /// signed → broadcast: send the newest version (idempotent).
     async fn broadcast(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
         let versions = self.store.tx_versions(&w.id).await?;
         let current = w.tx_hash.as_deref().ok_or_else(|| self.inconsistent(w, "signed without tx hash".into()))?;
-        let version =
-            versions.iter().find(|v| v.tx_hash == current).ok_or_else(|| self.inconsistent(w, "signed tx not stored".into()))?;
+        let version = versions
+            .iter()
+            .find(|v| v.tx_hash == current)
+            .ok_or_else(|| self.inconsistent(w, "signed tx not stored".into()))?;
         match self.send.send_raw(&version.raw).await? {
             SendOutcome::Accepted | SendOutcome::AlreadyKnown => {}
             // The nonce is used: by one of our versions (found by the inclusion check) or by a spend
@@ -232,7 +244,8 @@ impl Pipeline {
     async fn watch_inclusion(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
         let versions = self.store.tx_versions(&w.id).await?;
         for v in &versions {
-            let Some(receipt) = self.read.receipt(parse_hash(&v.tx_hash).map_err(|r| self.inconsistent(w, r))?).await? else {
+            let Some(receipt) = self.read.receipt(parse_hash(&v.tx_hash).map_err(|r| self.inconsistent(w, r))?).await?
+            else {
                 continue;
             };
             if !receipt.success {
@@ -243,10 +256,15 @@ impl Pipeline {
             let fee = Amount::from_base_units(u128::from(receipt.gas_used) * receipt.effective_gas_price);
             let tip = self.read.block_number().await?;
             let depth = confirmations(tip, receipt.block_number);
-            let moved = self
-                .store
-                .mark_included(&w.id, &v.tx_hash, receipt.block_number, &hex0x(&receipt.block_hash), fee, depth, now_ms())
-                .await?;
+            let block_hash = hex0x(&receipt.block_hash);
+            let inclusion = Inclusion {
+                tx_hash: &v.tx_hash,
+                block: receipt.block_number,
+                block_hash: &block_hash,
+                fee_wei: fee,
+                confirmations: depth,
+            };
+            let moved = self.store.mark_included(&w.id, &inclusion, now_ms()).await?;
             return Ok(if moved { Step::Moved } else { Step::Wait });
         }
         let now = now_ms();
@@ -267,8 +285,10 @@ impl Pipeline {
     /// A stuck transaction: sign a replacement with the same nonce and higher fees (C4).
     async fn bump(&self, w: &WithdrawalRow, newest: &TxVersion) -> Result<Step, PipelineError> {
         let current = self.read.fee_estimate().await?;
-        let previous =
-            FeeEstimate { max_fee_per_gas: newest.fees.max_fee_per_gas, max_priority_fee_per_gas: newest.fees.max_priority_fee_per_gas };
+        let previous = FeeEstimate {
+            max_fee_per_gas: newest.fees.max_fee_per_gas,
+            max_priority_fee_per_gas: newest.fees.max_priority_fee_per_gas,
+        };
         let Some(next) = build::bump_fees(previous, current, self.settings.max_fee_per_gas_cap_wei) else {
             tracing::warn!(withdrawal = %w.id, "stuck, and a fee bump would exceed the configured cap; waiting");
             self.store.defer_withdrawal(&w.id, Some("stuck: fee cap reached"), now_ms() + RETRY_BACKOFF_MS).await?;
@@ -288,7 +308,10 @@ impl Pipeline {
     /// confirmed → settled after the confirmation depth, unless a re-org removed the block.
     async fn watch_depth(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
         let block = w.included_block.ok_or_else(|| self.inconsistent(w, "confirmed without block".into()))?;
-        let expected = w.included_block_hash.as_deref().ok_or_else(|| self.inconsistent(w, "confirmed without block hash".into()))?;
+        let expected = w
+            .included_block_hash
+            .as_deref()
+            .ok_or_else(|| self.inconsistent(w, "confirmed without block hash".into()))?;
         let on_chain = self.read.block_hash(block).await?.map(|h| hex0x(&h));
         if on_chain.as_deref() != Some(expected) {
             tracing::warn!(withdrawal = %w.id, block, "including block was re-orged away; waiting for re-inclusion");

@@ -3,9 +3,9 @@
 //! and at most one of them moves it. Nonce reservation happens in the same transaction as its
 //! compare-and-set, holding the wallet row, so a lost race never burns a nonce.
 
+use kinko_core::Amount;
 use kinko_core::ledger::postings;
 use kinko_core::withdrawal::WithdrawalStatus;
-use kinko_core::Amount;
 use sqlx::Row;
 
 use crate::ledger::Posted;
@@ -38,6 +38,16 @@ pub struct TxVersion {
     pub raw: Vec<u8>,
     pub created_at_ms: i64,
     pub broadcast_at_ms: Option<i64>,
+}
+
+/// Where a withdrawal's transaction landed, and what the chain charged for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inclusion<'a> {
+    pub tx_hash: &'a str,
+    pub block: u64,
+    pub block_hash: &'a str,
+    pub fee_wei: Amount,
+    pub confirmations: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +83,13 @@ impl Store {
 
     /// Leases up to `limit` withdrawals that need work to `instance` until `now + lease_ms`. A lease held
     /// by the same instance name is taken again at once, so a restarted instance resumes without waiting.
-    pub async fn claim_withdrawals(&self, instance: &str, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<WithdrawalRow>> {
+    pub async fn claim_withdrawals(
+        &self,
+        instance: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<WithdrawalRow>> {
         let statuses = ACTIVE_STATUSES.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
         let mut tx = self.begin_write().await?;
         let q = format!(
@@ -123,10 +139,18 @@ impl Store {
     /// approved → signing: reserves the wallet's next nonce (never below `chain_nonce`, the nonce the
     /// node reports as next, in case the key was used outside kinko) and persists the fee plan. Returns
     /// the nonce, or `None` when another worker moved the withdrawal first.
-    pub async fn reserve_nonce(&self, withdrawal_id: &str, wallet: &str, chain_nonce: u64, plan: FeePlan, now_ms: i64) -> Result<Option<u64>> {
+    pub async fn reserve_nonce(
+        &self,
+        withdrawal_id: &str,
+        wallet: &str,
+        chain_nonce: u64,
+        plan: FeePlan,
+        now_ms: i64,
+    ) -> Result<Option<u64>> {
         let mut tx = self.begin_write().await?;
         let q = format!("SELECT next_nonce FROM wallets WHERE address = $1{}", self.for_update());
-        let next: i64 = sqlx::query_scalar(sql(q)).bind(wallet).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
+        let next: i64 =
+            sqlx::query_scalar(sql(q)).bind(wallet).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
         let nonce = (next as u64).max(chain_nonce);
         let moved = sqlx::query(
             "UPDATE withdrawals SET status = $1, nonce = $2, planned_max_fee_per_gas = $3, planned_max_priority_fee_per_gas = $4, \
@@ -147,7 +171,11 @@ impl Store {
         if moved == 0 {
             return Ok(None); // dropping tx rolls back
         }
-        sqlx::query("UPDATE wallets SET next_nonce = $1 WHERE address = $2").bind(nonce as i64 + 1).bind(wallet).execute(&mut *tx).await?;
+        sqlx::query("UPDATE wallets SET next_nonce = $1 WHERE address = $2")
+            .bind(nonce as i64 + 1)
+            .bind(wallet)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(nonce))
     }
@@ -223,14 +251,18 @@ impl Store {
                     tx_hash: r.try_get("tx_hash")?,
                     nonce: r.try_get::<i64, _>("nonce")? as u64,
                     fees: FeePlan {
-                        max_fee_per_gas: crate::parse_u128("withdrawal_txs.max_fee_per_gas", &r.try_get::<String, _>("max_fee_per_gas")?)?,
+                        max_fee_per_gas: crate::parse_u128(
+                            "withdrawal_txs.max_fee_per_gas",
+                            &r.try_get::<String, _>("max_fee_per_gas")?,
+                        )?,
                         max_priority_fee_per_gas: crate::parse_u128(
                             "withdrawal_txs.max_priority_fee_per_gas",
                             &r.try_get::<String, _>("max_priority_fee_per_gas")?,
                         )?,
                         gas_limit: r.try_get::<i64, _>("gas_limit")? as u64,
                     },
-                    raw: hex::decode(&raw_hex).map_err(|_| StoreError::Corrupt("withdrawal_txs.raw is not hex".into()))?,
+                    raw: hex::decode(&raw_hex)
+                        .map_err(|_| StoreError::Corrupt("withdrawal_txs.raw is not hex".into()))?,
                     created_at_ms: r.try_get("created_at_ms")?,
                     broadcast_at_ms: r.try_get("broadcast_at_ms")?,
                 })
@@ -251,17 +283,9 @@ impl Store {
         Ok(moved)
     }
 
-    /// broadcast → confirmed: one version was included in a block. `fee_wei` is what the chain charged.
-    pub async fn mark_included(
-        &self,
-        withdrawal_id: &str,
-        tx_hash: &str,
-        block: u64,
-        block_hash: &str,
-        fee_wei: Amount,
-        confirmations: u64,
-        now_ms: i64,
-    ) -> Result<bool> {
+    /// broadcast → confirmed: one version was included in a block.
+    pub async fn mark_included(&self, withdrawal_id: &str, inclusion: &Inclusion<'_>, now_ms: i64) -> Result<bool> {
+        let Inclusion { tx_hash, block, block_hash, fee_wei, confirmations } = *inclusion;
         let moved = sqlx::query(
             "UPDATE withdrawals SET status = $1, tx_hash = $2, included_block = $3, included_block_hash = $4, fee = $5, \
              confirmations = $6, updated_at_ms = $7, error = NULL WHERE id = $8 AND status = $9",
@@ -333,7 +357,12 @@ impl Store {
     }
 
     /// Keeps the withdrawal where it is and schedules the next attempt, recording why (no secrets).
-    pub async fn defer_withdrawal(&self, withdrawal_id: &str, error: Option<&str>, next_attempt_at_ms: i64) -> Result<()> {
+    pub async fn defer_withdrawal(
+        &self,
+        withdrawal_id: &str,
+        error: Option<&str>,
+        next_attempt_at_ms: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE withdrawals SET error = $1, next_attempt_at_ms = $2 WHERE id = $3")
             .bind(error.map(|e| e.chars().take(500).collect::<String>()))
             .bind(next_attempt_at_ms)
@@ -345,7 +374,9 @@ impl Store {
 
     /// Withdrawals not in a terminal state (for tests, metrics and the crash harness).
     pub async fn count_withdrawals_by_status(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM withdrawals GROUP BY status ORDER BY status").fetch_all(self.pool()).await?;
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM withdrawals GROUP BY status ORDER BY status")
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
     }
 }

@@ -85,7 +85,11 @@ fn main() -> Result<()> {
                 ledger_verify(&url).await
             }
             Cmd::ConfigExample => {
-                let c = Config::dev_default("./kinko-dev".into(), "127.0.0.1:8080".parse()?, "http://127.0.0.1:8545".into());
+                let c = Config::dev_default(
+                    "./kinko-dev".into(),
+                    "127.0.0.1:8080".parse()?,
+                    "http://127.0.0.1:8545".into(),
+                );
                 print!("{}", toml::to_string(&c)?);
                 Ok(())
             }
@@ -159,7 +163,10 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, eth_rpc: String, block_time:
         if !node_answers(&eth_rpc).await {
             bail!("started anvil but it does not answer at {eth_rpc}");
         }
-        eprintln!("started anvil at {eth_rpc} (a block every {block_time}s; log: {})", data_dir.join("anvil.log").display());
+        eprintln!(
+            "started anvil at {eth_rpc} (a block every {block_time}s; log: {})",
+            data_dir.join("anvil.log").display()
+        );
     } else {
         eprintln!("using the Ethereum node at {eth_rpc}");
     }
@@ -232,7 +239,9 @@ fn find_anvil() -> Option<PathBuf> {
 }
 
 fn spawn_anvil(port: u16, block_time: u64, data_dir: &Path) -> Result<Child> {
-    let anvil = find_anvil().context("no Ethereum node answers and anvil was not found: run `npm install` in the repository or set KINKO_ANVIL")?;
+    let anvil = find_anvil().context(
+        "no Ethereum node answers and anvil was not found: run `npm install` in the repository or set KINKO_ANVIL",
+    )?;
     let log = std::fs::File::create(data_dir.join("anvil.log"))?;
     Command::new(anvil)
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--block-time", &block_time.to_string()])
@@ -245,7 +254,10 @@ fn spawn_anvil(port: u16, block_time: u64, data_dir: &Path) -> Result<Child> {
 async fn ledger_verify(url: &str) -> Result<()> {
     let store = Store::connect(url).await?;
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} verifying ledger: {pos} entries replayed").expect("static template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} verifying ledger: {pos} entries replayed")
+            .expect("static template"),
+    );
     let result = store.verify_ledger(|seq| bar.set_position(seq)).await;
     bar.finish_and_clear();
     match result {

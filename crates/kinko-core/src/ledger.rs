@@ -91,7 +91,10 @@ impl AccountKind {
 impl FromStr for AccountKind {
     type Err = LedgerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        AccountKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| LedgerError::MalformedAccount(s.to_string()))
+        AccountKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| LedgerError::MalformedAccount(s.to_string()))
     }
 }
 
@@ -156,7 +159,8 @@ pub struct Balance {
 impl Balance {
     /// Balance on the account's normal side; negative means below zero on that side.
     pub fn normal(self, kind: AccountKind) -> i128 {
-        let (plus, minus) = if kind.is_credit_normal() { (self.credits, self.debits) } else { (self.debits, self.credits) };
+        let (plus, minus) =
+            if kind.is_credit_normal() { (self.credits, self.debits) } else { (self.debits, self.credits) };
         // Totals stay below 2^127 (checked when posting), so both casts are exact.
         plus as i128 - minus as i128
     }
@@ -211,7 +215,10 @@ impl EntryKind {
 impl FromStr for EntryKind {
     type Err = LedgerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EntryKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| LedgerError::MalformedEntry(format!("unknown kind {s:?}")))
+        EntryKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| LedgerError::MalformedEntry(format!("unknown kind {s:?}")))
     }
 }
 
@@ -319,7 +326,11 @@ pub fn check_entry(
             return Err(LedgerError::SameAccount { index });
         }
         if t.debit.asset != t.credit.asset {
-            return Err(LedgerError::MixedAssets { index, debit: t.debit.asset.clone(), credit: t.credit.asset.clone() });
+            return Err(LedgerError::MixedAssets {
+                index,
+                debit: t.debit.asset.clone(),
+                credit: t.credit.asset.clone(),
+            });
         }
         let units = t.amount.base_units();
         let overflow = |a: &AccountRef| LedgerError::Overflow { account: a.to_string() };
@@ -329,7 +340,8 @@ pub fn check_entry(
         let d = next.entry(t.debit.clone()).or_insert_with(|| balances.balance(&t.debit));
         d.debits = d.debits.checked_add(units).filter(|v| *v <= POSTED_TOTAL_MAX).ok_or_else(|| overflow(&t.debit))?;
         let c = next.entry(t.credit.clone()).or_insert_with(|| balances.balance(&t.credit));
-        c.credits = c.credits.checked_add(units).filter(|v| *v <= POSTED_TOTAL_MAX).ok_or_else(|| overflow(&t.credit))?;
+        c.credits =
+            c.credits.checked_add(units).filter(|v| *v <= POSTED_TOTAL_MAX).ok_or_else(|| overflow(&t.credit))?;
         let n = net.entry(t.debit.asset.clone()).or_insert(0);
         *n = n.checked_add(units as i128).and_then(|v| v.checked_sub(units as i128)).expect("bounded above");
     }
@@ -386,7 +398,15 @@ fn put_str(h: &mut Sha256, s: &str) {
 pub fn seal_entry(draft: EntryDraft, seq: u64, recorded_at_ms: i64, prev_hash: [u8; 32]) -> JournalEntry {
     assert!(seq >= 1, "sequence numbers start at 1");
     let hash = entry_hash(seq, recorded_at_ms, draft.kind, &draft.reference, &draft.transfers, &prev_hash);
-    JournalEntry { seq, recorded_at_ms, kind: draft.kind, reference: draft.reference, transfers: draft.transfers, prev_hash, hash }
+    JournalEntry {
+        seq,
+        recorded_at_ms,
+        kind: draft.kind,
+        reference: draft.reference,
+        transfers: draft.transfers,
+        prev_hash,
+        hash,
+    }
 }
 
 /// An in-memory ledger: the reference model for property tests and the replay engine for verification.
@@ -453,12 +473,21 @@ impl Ledger {
         if entry.prev_hash != self.last_hash {
             return Err(VerifyError::BrokenLink { seq: entry.seq });
         }
-        let hash = entry_hash(entry.seq, entry.recorded_at_ms, entry.kind, &entry.reference, &entry.transfers, &entry.prev_hash);
+        let hash = entry_hash(
+            entry.seq,
+            entry.recorded_at_ms,
+            entry.kind,
+            &entry.reference,
+            &entry.transfers,
+            &entry.prev_hash,
+        );
         if hash != entry.hash {
             return Err(VerifyError::BadHash { seq: entry.seq });
         }
-        let draft = EntryDraft { kind: entry.kind, reference: entry.reference.clone(), transfers: entry.transfers.clone() };
-        let next = check_entry(&self.balances, &draft).map_err(|error| VerifyError::Invalid { seq: entry.seq, error })?;
+        let draft =
+            EntryDraft { kind: entry.kind, reference: entry.reference.clone(), transfers: entry.transfers.clone() };
+        let next =
+            check_entry(&self.balances, &draft).map_err(|error| VerifyError::Invalid { seq: entry.seq, error })?;
         self.balances.extend(next);
         self.last_seq = entry.seq;
         self.last_hash = entry.hash;
@@ -491,15 +520,24 @@ impl Ledger {
 
     /// Asserts what must always hold; a failure is a programming error, not bad input.
     pub fn assert_invariants(&self) {
-        let mut net: BTreeMap<&AssetCode, i128> = BTreeMap::new();
+        // Per asset, total credits and total debits as 256-bit (high, low) sums: each account stays below
+        // 2^127, but many of them together overflow any 128-bit accumulator.
+        let mut totals: BTreeMap<&AssetCode, [(u128, u128); 2]> = BTreeMap::new();
+        let add = |w: &mut (u128, u128), v: u128| {
+            let (lo, carry) = w.1.overflowing_add(v);
+            w.1 = lo;
+            w.0 += u128::from(carry);
+        };
         for (account, b) in &self.balances {
             if account.kind.is_guarded() {
                 assert!(b.normal(account.kind) >= 0, "guarded account {account} is negative");
             }
-            *net.entry(&account.asset).or_default() += b.credits as i128 - b.debits as i128;
+            let t = totals.entry(&account.asset).or_default();
+            add(&mut t[0], b.credits);
+            add(&mut t[1], b.debits);
         }
-        for (asset, n) in net {
-            assert_eq!(n, 0, "ledger does not balance for {asset}");
+        for (asset, [credits, debits]) in totals {
+            assert_eq!(credits, debits, "ledger does not balance for {asset}");
         }
     }
 }
@@ -515,11 +553,23 @@ pub mod postings {
 
     /// The custodian puts its own money into one of its wallets (e.g. the dev hot-wallet funding).
     pub fn custodian_funding(reference: String, wallet: &str, asset: &AssetCode, amount: Amount) -> EntryDraft {
-        one(EntryKind::CustodianFunding, reference, AccountRef::wallet(wallet, asset), AccountRef::equity(asset), amount)
+        one(
+            EntryKind::CustodianFunding,
+            reference,
+            AccountRef::wallet(wallet, asset),
+            AccountRef::equity(asset),
+            amount,
+        )
     }
 
     /// A deposit seen on chain: the wallet holds it, the customer sees it as pending.
-    pub fn deposit_detected(deposit_id: &str, customer: &str, wallet: &str, asset: &AssetCode, amount: Amount) -> EntryDraft {
+    pub fn deposit_detected(
+        deposit_id: &str,
+        customer: &str,
+        wallet: &str,
+        asset: &AssetCode,
+        amount: Amount,
+    ) -> EntryDraft {
         one(
             EntryKind::DepositDetected,
             format!("deposit:{deposit_id}"),
@@ -541,7 +591,13 @@ pub mod postings {
     }
 
     /// A re-org dropped a deposit before it was credited.
-    pub fn deposit_dropped(deposit_id: &str, customer: &str, wallet: &str, asset: &AssetCode, amount: Amount) -> EntryDraft {
+    pub fn deposit_dropped(
+        deposit_id: &str,
+        customer: &str,
+        wallet: &str,
+        asset: &AssetCode,
+        amount: Amount,
+    ) -> EntryDraft {
         one(
             EntryKind::DepositDropped,
             format!("deposit:{deposit_id}"),
@@ -567,10 +623,18 @@ pub mod postings {
         let wallet = AccountRef::wallet(wallet, asset);
         let mut transfers = Vec::new();
         if !from_available.is_zero() {
-            transfers.push(Transfer::new(AccountRef::customer(AccountKind::Available, customer, asset), wallet.clone(), from_available));
+            transfers.push(Transfer::new(
+                AccountRef::customer(AccountKind::Available, customer, asset),
+                wallet.clone(),
+                from_available,
+            ));
         }
         if !shortfall.is_zero() {
-            transfers.push(Transfer::new(AccountRef::customer(AccountKind::Receivable, customer, asset), wallet, shortfall));
+            transfers.push(Transfer::new(
+                AccountRef::customer(AccountKind::Receivable, customer, asset),
+                wallet,
+                shortfall,
+            ));
         }
         EntryDraft { kind: EntryKind::DepositReversed, reference: format!("deposit:{deposit_id}"), transfers }
     }
@@ -644,12 +708,8 @@ mod tests {
     fn a1_customer_and_custodian_funds_are_separate_accounts() {
         let mut l = Ledger::new();
         l.post(postings::custodian_funding("f1".into(), "0xhot", &eth(), amt(1000)), 1).unwrap();
-        let customers: u128 = l
-            .balances()
-            .iter()
-            .filter(|(a, _)| a.kind.is_customer())
-            .map(|(a, b)| b.normal(a.kind) as u128)
-            .sum();
+        let customers: u128 =
+            l.balances().iter().filter(|(a, _)| a.kind.is_customer()).map(|(a, b)| b.normal(a.kind) as u128).sum();
         assert_eq!(customers, 0, "custodian funding never shows up as customer money");
         assert_eq!(l.balance(&AccountRef::equity(&eth())).normal(AccountKind::Equity), 1000);
     }
@@ -662,12 +722,17 @@ mod tests {
         l.post(postings::deposit_confirmed("d1", "c1", &eth(), amt(100)), 2).unwrap();
         l.post(postings::withdrawal_hold("w1", "c1", &eth(), amt(70)), 3).unwrap();
         l.post(postings::withdrawal_settled("w1", "c1", "0xhot", &eth(), amt(70), amt(1)), 4).unwrap();
-        let available = l.balance(&AccountRef::customer(AccountKind::Available, "c1", &eth())).normal_amount(AccountKind::Available);
+        let available = l
+            .balance(&AccountRef::customer(AccountKind::Available, "c1", &eth()))
+            .normal_amount(AccountKind::Available);
         assert_eq!(available, amt(30));
         l.post(postings::deposit_reversed("d1", "c1", "0xdep", &eth(), amt(100), available), 5).unwrap();
         let receivable = AccountRef::customer(AccountKind::Receivable, "c1", &eth());
         assert_eq!(l.balance(&receivable).normal(AccountKind::Receivable), 70);
-        assert_eq!(l.balance(&AccountRef::customer(AccountKind::Available, "c1", &eth())).normal(AccountKind::Available), 0);
+        assert_eq!(
+            l.balance(&AccountRef::customer(AccountKind::Available, "c1", &eth())).normal(AccountKind::Available),
+            0
+        );
         l.assert_invariants();
     }
 
@@ -717,10 +782,19 @@ mod tests {
         let b = AccountRef::wallet("0xaa", &eth);
         let d = |transfers| EntryDraft { kind: EntryKind::CustodianFunding, reference: "r".into(), transfers };
         assert_eq!(check_entry(l.balances(), &d(vec![])), Err(LedgerError::Empty));
-        assert_eq!(check_entry(l.balances(), &d(vec![Transfer::new(b.clone(), a.clone(), amt(0))])), Err(LedgerError::ZeroAmount { index: 0 }));
-        assert_eq!(check_entry(l.balances(), &d(vec![Transfer::new(a.clone(), a.clone(), amt(1))])), Err(LedgerError::SameAccount { index: 0 }));
+        assert_eq!(
+            check_entry(l.balances(), &d(vec![Transfer::new(b.clone(), a.clone(), amt(0))])),
+            Err(LedgerError::ZeroAmount { index: 0 })
+        );
+        assert_eq!(
+            check_entry(l.balances(), &d(vec![Transfer::new(a.clone(), a.clone(), amt(1))])),
+            Err(LedgerError::SameAccount { index: 0 })
+        );
         let btc = AccountRef::wallet("0xaa", &"BTC".parse().unwrap());
-        assert!(matches!(check_entry(l.balances(), &d(vec![Transfer::new(btc, a.clone(), amt(1))])), Err(LedgerError::MixedAssets { .. })));
+        assert!(matches!(
+            check_entry(l.balances(), &d(vec![Transfer::new(btc, a.clone(), amt(1))])),
+            Err(LedgerError::MixedAssets { .. })
+        ));
         let huge = Transfer::new(b.clone(), a.clone(), Amount::from_base_units(u128::MAX));
         assert!(matches!(check_entry(l.balances(), &d(vec![huge])), Err(LedgerError::Overflow { .. })));
         let mut bad_ref = d(vec![Transfer::new(b, a, amt(1))]);

@@ -47,7 +47,9 @@ pub enum AppError {
     Keys(String),
     #[error("signer: {0}")]
     Signer(#[from] kinko_signer::SignerError),
-    #[error("the node at {url} reports chain id {actual}, but kinko is configured for {expected}; refusing to start (C3)")]
+    #[error(
+        "the node at {url} reports chain id {actual}, but kinko is configured for {expected}; refusing to start (C3)"
+    )]
     WrongChain { url: String, expected: u64, actual: u64 },
     #[error("not initialised: run `kinko init` first")]
     NotInitialised,
@@ -79,8 +81,10 @@ pub async fn init(store: &Store, kek: &Kek) -> Result<Custody, AppError> {
         .public_key(&bitcoin::secp256k1::Secp256k1::signing_only());
     let hot_wallet = kinko_keys::hd::evm_address(&hot_public);
 
-    let wrapped_seed = kek.wrap(MASTER_SEED_KEY_ID, "master_seed", mnemonic.as_bytes()).map_err(|e| AppError::Keys(e.to_string()))?;
-    let wrapped_hot = kek.wrap(HOT_KEY_ID, "hot_wallet", hot_secret.as_ref()).map_err(|e| AppError::Keys(e.to_string()))?;
+    let wrapped_seed =
+        kek.wrap(MASTER_SEED_KEY_ID, "master_seed", mnemonic.as_bytes()).map_err(|e| AppError::Keys(e.to_string()))?;
+    let wrapped_hot =
+        kek.wrap(HOT_KEY_ID, "hot_wallet", hot_secret.as_ref()).map_err(|e| AppError::Keys(e.to_string()))?;
     store
         .insert_key(&KeyRecord {
             id: MASTER_SEED_KEY_ID.into(),
@@ -103,7 +107,9 @@ pub async fn init(store: &Store, kek: &Kek) -> Result<Custody, AppError> {
             created_at_ms: now,
         })
         .await?;
-    store.ensure_wallet(Wallet { address: &hot_wallet, chain: ETH_CHAIN, tier: "hot", key_id: HOT_KEY_ID }, now).await?;
+    store
+        .ensure_wallet(Wallet { address: &hot_wallet, chain: ETH_CHAIN, tier: "hot", key_id: HOT_KEY_ID }, now)
+        .await?;
     // Publishing the xpub last makes it the commit point: until it exists, `init` runs again.
     let stored = store.meta_init(META_DEPOSIT_XPUB, &xpub.to_string()).await?;
     Ok(Custody { deposit_xpub: stored, hot_wallet, created: true })
@@ -138,7 +144,10 @@ pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
     let store = Store::connect(&config.database_url).await?;
     let read = EvmRpc::new(&config.ethereum.rpc_url)?;
     let send = EvmRpc::new(config.ethereum.send_rpc_url.as_deref().unwrap_or(&config.ethereum.rpc_url))?;
-    for (url, rpc) in [(&config.ethereum.rpc_url, &read), (config.ethereum.send_rpc_url.as_ref().unwrap_or(&config.ethereum.rpc_url), &send)] {
+    for (url, rpc) in [
+        (&config.ethereum.rpc_url, &read),
+        (config.ethereum.send_rpc_url.as_ref().unwrap_or(&config.ethereum.rpc_url), &send),
+    ] {
         let actual = rpc.chain_id().await?;
         if actual != config.ethereum.chain_id {
             return Err(AppError::WrongChain { url: url.clone(), expected: config.ethereum.chain_id, actual });
@@ -152,14 +161,20 @@ pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
     let hot = store.key(HOT_KEY_ID).await?.ok_or(AppError::NotInitialised)?;
     let wrapped = hex::decode(&hot.wrapped_hex).map_err(|_| AppError::Keys("stored hot key is not hex".into()))?;
     let secret = kek.unwrap(HOT_KEY_ID, "hot_wallet", &wrapped).map_err(|e| AppError::Keys(e.to_string()))?;
-    let secret: [u8; 32] = secret.as_slice().try_into().map_err(|_| AppError::Keys("hot key has the wrong length".into()))?;
+    let secret: [u8; 32] =
+        secret.as_slice().try_into().map_err(|_| AppError::Keys("hot key has the wrong length".into()))?;
     let address = signer.add_secp256k1_key(HOT_KEY_ID, zeroize::Zeroizing::new(secret))?;
     if address != hot.address {
         return Err(AppError::Keys("unwrapped hot key does not match its recorded address".into()));
     }
 
     let config = Arc::new(config);
-    let state = AppState { store: store.clone(), config: config.clone(), deposit_xpub: Arc::new(xpub), hot_wallet: hot.address.clone() };
+    let state = AppState {
+        store: store.clone(),
+        config: config.clone(),
+        deposit_xpub: Arc::new(xpub),
+        hot_wallet: hot.address.clone(),
+    };
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -184,7 +199,7 @@ pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
         start_block: config.ethereum.start_block,
         poll_interval: std::time::Duration::from_millis(config.ethereum.poll_interval_ms),
     };
-    tasks.push(tokio::spawn(crate::watcher::run_deposit_watcher(store.clone(), read.clone(), watcher_cfg, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(watch_exclusively(store.clone(), read.clone(), watcher_cfg, shutdown_rx.clone())));
 
     let settings = PipelineSettings {
         chain: ETH_CHAIN.into(),
@@ -205,15 +220,48 @@ pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
     Ok(Running { listen, state, shutdown, tasks })
 }
 
+/// Runs deposit detection for one chain only while this instance holds the chain's exclusive lease, so
+/// several instances on PostgreSQL never scan the same chain at once; the others stand by and take over
+/// when the holder's connection drops.
+async fn watch_exclusively(
+    store: Store,
+    read: EvmRpc,
+    cfg: crate::watcher::WatcherConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let job = format!("deposit-watcher:{}", cfg.chain);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match store.try_exclusive(&job).await {
+            Ok(Some(_lease)) => {
+                tracing::info!(%job, "this instance runs deposit detection");
+                crate::watcher::run_deposit_watcher(store.clone(), read.clone(), cfg.clone(), shutdown.clone()).await;
+                return;
+            }
+            Ok(None) => tracing::debug!(%job, "another instance runs deposit detection; standing by"),
+            Err(e) => tracing::warn!(%job, error = %e, "could not take the watcher lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.poll_interval * 4) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 /// Loads the KEK for this configuration. Dev mode keeps it in a file beside the database, which is
 /// exactly what production must never do; the caller prints the warning.
 pub fn load_kek(config: &Config) -> Result<Kek, AppError> {
     if config.dev {
         std::fs::create_dir_all(&config.data_dir)?;
-        return kinko_keys::kek::dev_kek(&config.data_dir.join(DEV_KEK_FILE)).map_err(|e| AppError::Keys(e.to_string()));
+        return kinko_keys::kek::dev_kek(&config.data_dir.join(DEV_KEK_FILE))
+            .map_err(|e| AppError::Keys(e.to_string()));
     }
     let path = std::env::var_os("KINKO_KEK_FILE").ok_or_else(|| {
-        AppError::Keys("the signer is sealed: set KINKO_KEK_FILE (unseal with custodian shares is the key-custody issue)".into())
+        AppError::Keys(
+            "the signer is sealed: set KINKO_KEK_FILE (unseal with custodian shares is the key-custody issue)".into(),
+        )
     })?;
     kinko_keys::kek::dev_kek(Path::new(&path)).map_err(|e| AppError::Keys(e.to_string()))
 }
@@ -258,7 +306,11 @@ pub async fn dev_fund(store: &Store, rpc_url: &str, hot_wallet: &str) -> Result<
         if let Some(err) = reply.get("error") {
             return Err(AppError::Keys(format!("dev funding refused by the node: {err}")));
         }
-        let _ = client.post(rpc_url).json(&serde_json::json!({"jsonrpc":"2.0","id":2,"method":"evm_mine","params":[]})).send().await;
+        let _ = client
+            .post(rpc_url)
+            .json(&serde_json::json!({"jsonrpc":"2.0","id":2,"method":"evm_mine","params":[]}))
+            .send()
+            .await;
         for _ in 0..100 {
             if rpc.balance(address).await? > 0 {
                 break;

@@ -34,17 +34,65 @@ fn amt(v: u128) -> Amount {
 /// One business event, with indexes into the small universe above so that events collide often.
 #[derive(Clone, Debug)]
 enum Event {
-    Funding { wallet: usize, asset: usize, amount: u128 },
-    DepositDetected { deposit: usize, customer: usize, wallet: usize, asset: usize, amount: u128 },
-    DepositConfirmed { deposit: usize, customer: usize, asset: usize, amount: u128 },
-    DepositDropped { deposit: usize, customer: usize, wallet: usize, asset: usize, amount: u128 },
+    Funding {
+        wallet: usize,
+        asset: usize,
+        amount: u128,
+    },
+    DepositDetected {
+        deposit: usize,
+        customer: usize,
+        wallet: usize,
+        asset: usize,
+        amount: u128,
+    },
+    DepositConfirmed {
+        deposit: usize,
+        customer: usize,
+        asset: usize,
+        amount: u128,
+    },
+    DepositDropped {
+        deposit: usize,
+        customer: usize,
+        wallet: usize,
+        asset: usize,
+        amount: u128,
+    },
     /// `available_now` is read from the ledger when `use_actual` is set, as the watcher does.
-    DepositReversed { deposit: usize, customer: usize, wallet: usize, asset: usize, amount: u128, use_actual: bool, available_now: u128 },
-    WithdrawalHold { withdrawal: usize, customer: usize, asset: usize, amount: u128 },
-    WithdrawalRelease { withdrawal: usize, customer: usize, asset: usize, amount: u128 },
-    WithdrawalSettled { withdrawal: usize, customer: usize, wallet: usize, asset: usize, amount: u128, fee: u128 },
+    DepositReversed {
+        deposit: usize,
+        customer: usize,
+        wallet: usize,
+        asset: usize,
+        amount: u128,
+        use_actual: bool,
+        available_now: u128,
+    },
+    WithdrawalHold {
+        withdrawal: usize,
+        customer: usize,
+        asset: usize,
+        amount: u128,
+    },
+    WithdrawalRelease {
+        withdrawal: usize,
+        customer: usize,
+        asset: usize,
+        amount: u128,
+    },
+    WithdrawalSettled {
+        withdrawal: usize,
+        customer: usize,
+        wallet: usize,
+        asset: usize,
+        amount: u128,
+        fee: u128,
+    },
     /// Transfers between arbitrary accounts, possibly of different assets, zero, or huge.
-    Raw { transfers: Vec<(RawAccount, RawAccount, u128)> },
+    Raw {
+        transfers: Vec<(RawAccount, RawAccount, u128)>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -78,7 +126,11 @@ fn amount() -> impl Strategy<Value = u128> {
 }
 
 fn raw_account() -> impl Strategy<Value = RawAccount> {
-    (0..AccountKind::ALL.len(), 0..3usize, 0..ASSETS.len()).prop_map(|(kind, holder, asset)| RawAccount { kind, holder, asset })
+    (0..AccountKind::ALL.len(), 0..3usize, 0..ASSETS.len()).prop_map(|(kind, holder, asset)| RawAccount {
+        kind,
+        holder,
+        asset,
+    })
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -157,14 +209,16 @@ fn draft(event: &Event, ledger: &Ledger, n: usize) -> EntryDraft {
         Event::WithdrawalRelease { withdrawal, customer, asset: a, amount } => {
             postings::withdrawal_release(&format!("w{withdrawal}"), CUSTOMERS[*customer], &asset(*a), amt(*amount))
         }
-        Event::WithdrawalSettled { withdrawal, customer, wallet, asset: a, amount, fee } => postings::withdrawal_settled(
-            &format!("w{withdrawal}"),
-            CUSTOMERS[*customer],
-            WALLETS[*wallet],
-            &asset(*a),
-            amt(*amount),
-            amt(*fee),
-        ),
+        Event::WithdrawalSettled { withdrawal, customer, wallet, asset: a, amount, fee } => {
+            postings::withdrawal_settled(
+                &format!("w{withdrawal}"),
+                CUSTOMERS[*customer],
+                WALLETS[*wallet],
+                &asset(*a),
+                amt(*amount),
+                amt(*fee),
+            )
+        }
         Event::Raw { transfers } => EntryDraft {
             kind: EntryKind::CustodianFunding,
             reference: format!("raw:{n}"),
@@ -212,17 +266,33 @@ fn normal_side(kind: AccountKind, b: Balance) -> i128 {
 /// Invariants checked here, independently of `Ledger::assert_invariants` (which is also called).
 fn check_invariants(l: &Ledger) -> Result<(), TestCaseError> {
     l.assert_invariants();
-    let mut net: BTreeMap<&AssetCode, i128> = BTreeMap::new();
+    // Totals across accounts can exceed u128 (each account stays below 2^127, but there are many), so
+    // they are summed exactly in 256 bits: per asset, (credits, debits).
+    let mut totals: BTreeMap<&AssetCode, (Wide, Wide)> = BTreeMap::new();
     for (a, b) in l.balances() {
-        *net.entry(&a.asset).or_default() += b.credits as i128 - b.debits as i128;
+        let t = totals.entry(&a.asset).or_default();
+        t.0.add(b.credits);
+        t.1.add(b.debits);
         if a.kind != AccountKind::Equity {
             prop_assert!(normal_side(a.kind, *b) >= 0, "A3: {a} is below zero: {b:?}");
         }
     }
-    for (asset, n) in net {
-        prop_assert_eq!(n, 0, "entries must balance per asset ({})", asset);
+    for (asset, (credits, debits)) in totals {
+        prop_assert_eq!(credits, debits, "entries must balance per asset ({})", asset);
     }
     Ok(())
+}
+
+/// A 256-bit unsigned accumulator: (high, low) 128-bit words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Wide(u128, u128);
+
+impl Wide {
+    fn add(&mut self, v: u128) {
+        let (lo, carry) = self.1.overflowing_add(v);
+        self.1 = lo;
+        self.0 += u128::from(carry);
+    }
 }
 
 fn replay(journal: &[JournalEntry]) -> Result<Ledger, VerifyError> {
@@ -319,4 +389,20 @@ fn a3_hold_of_exactly_available_succeeds_and_one_more_fails() {
     l.post(postings::withdrawal_hold("w1", "c0", &eth, amt(50)), 3).unwrap();
     let available = AccountRef::customer(AccountKind::Available, "c0", &eth);
     assert_eq!(l.balance(&available).normal(AccountKind::Available), 0);
+}
+
+/// A3 with totals near the limit: three customers each holding 1.5 * 2^126 is a valid ledger (every account
+/// is below 2^127), so checking the invariants over it must not overflow.
+#[test]
+fn a3_invariant_check_survives_totals_near_the_limit() {
+    let eth = asset(0);
+    let big = amt(3 << 125);
+    let mut l = Ledger::new();
+    for (i, c) in CUSTOMERS.iter().enumerate() {
+        let d = format!("d{i}");
+        l.post(postings::deposit_detected(&d, c, WALLETS[i], &eth, big), 1).unwrap();
+        l.post(postings::deposit_confirmed(&d, c, &eth, big), 2).unwrap();
+    }
+    l.assert_invariants();
+    check_invariants(&l).unwrap();
 }

@@ -1,0 +1,26 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/test, scripts/bench and .ci/run.
+
+# The repository root (the directory holding the workspace Cargo.toml).
+repo_root() {
+    cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
+}
+
+# Makes sure node_modules holds anvil (from package.json / package-lock.json) and prints its absolute path.
+ensure_anvil() {
+    local root=$1
+    local anvil="$root/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+    if [[ ! -x "$anvil" ]]; then
+        echo "setup: installing npm test tools (anvil) into $root/node_modules" >&2
+        if [[ -f "$root/package-lock.json" ]]; then
+            (cd "$root" && npm ci --no-audit --no-fund >&2)
+        else
+            (cd "$root" && npm install --no-audit --no-fund >&2)
+        fi
+    fi
+    if [[ ! -x "$anvil" ]]; then
+        echo "setup: anvil not found at $anvil after npm install" >&2
+        return 1
+    fi
+    echo "$anvil"
+}

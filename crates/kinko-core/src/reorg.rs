@@ -86,7 +86,11 @@ mod tests {
             x[31] = f;
             x
         };
-        BlockHeader { number: n, hash: hash(n, fork), parent_hash: hash(n.wrapping_sub(1), if n == 0 { 0 } else { fork }) }
+        BlockHeader {
+            number: n,
+            hash: hash(n, fork),
+            parent_hash: hash(n.wrapping_sub(1), if n == 0 { 0 } else { fork }),
+        }
     }
 
     #[test]

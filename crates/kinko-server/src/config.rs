@@ -123,7 +123,8 @@ impl Config {
 
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
         config.apply_env(|name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
@@ -180,7 +181,8 @@ mod tests {
 
     #[test]
     fn env_overrides_and_validation() {
-        let mut c = Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());
+        let mut c =
+            Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());
         c.apply_env(|n| (n == "KINKO_ETH_CONFIRMATIONS").then(|| "0".to_string())).unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "ethereum.confirmations", .. })));
         assert!(c.apply_env(|n| (n == "KINKO_LISTEN").then(|| "nope".to_string())).is_err());

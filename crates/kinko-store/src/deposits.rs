@@ -66,8 +66,14 @@ impl Store {
 
     /// A customer's deposits, newest first.
     pub async fn deposits_for_customer(&self, customer_id: &str, limit: u32) -> Result<Vec<DepositRow>> {
-        let q = format!("SELECT {DEPOSIT_COLUMNS} FROM deposits WHERE customer_id = $1 ORDER BY created_at_ms DESC, id DESC LIMIT $2");
-        let rows = sqlx::query(crate::sql(q)).bind(customer_id).bind(i64::from(limit.min(DEPOSITS_PAGE_MAX))).fetch_all(self.pool()).await?;
+        let q = format!(
+            "SELECT {DEPOSIT_COLUMNS} FROM deposits WHERE customer_id = $1 ORDER BY created_at_ms DESC, id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(crate::sql(q))
+            .bind(customer_id)
+            .bind(i64::from(limit.min(DEPOSITS_PAGE_MAX)))
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(DepositRow::from_row).collect()
     }
 }

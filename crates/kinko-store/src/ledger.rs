@@ -17,7 +17,9 @@ use crate::{Result, Store, StoreError, Tx, parse_hash, parse_u128};
 pub enum Posted {
     New(JournalEntry),
     /// An entry with the same (kind, reference) already exists; nothing changed.
-    AlreadyPosted { seq: u64 },
+    AlreadyPosted {
+        seq: u64,
+    },
 }
 
 struct Loaded(BTreeMap<AccountRef, Balance>);
@@ -37,11 +39,12 @@ impl Store {
         let last_seq: i64 = head.try_get("last_seq")?;
         let last_hash = parse_hash("ledger_head.last_hash", &head.try_get::<String, _>("last_hash")?)?;
 
-        if let Some(seq) = sqlx::query_scalar::<_, i64>("SELECT seq FROM ledger_entries WHERE kind = $1 AND reference = $2")
-            .bind(draft.kind.as_str())
-            .bind(&draft.reference)
-            .fetch_optional(&mut **tx)
-            .await?
+        if let Some(seq) =
+            sqlx::query_scalar::<_, i64>("SELECT seq FROM ledger_entries WHERE kind = $1 AND reference = $2")
+                .bind(draft.kind.as_str())
+                .bind(&draft.reference)
+                .fetch_optional(&mut **tx)
+                .await?
         {
             return Ok(Posted::AlreadyPosted { seq: seq as u64 });
         }
@@ -195,16 +198,24 @@ impl Store {
             from = ledger.last_seq() + 1;
             progress(ledger.last_seq());
         }
-        let head = sqlx::query("SELECT last_seq, last_hash FROM ledger_head WHERE id = 1").fetch_one(self.pool()).await.map_err(StoreError::from)?;
+        let head = sqlx::query("SELECT last_seq, last_hash FROM ledger_head WHERE id = 1")
+            .fetch_one(self.pool())
+            .await
+            .map_err(StoreError::from)?;
         let head_seq: i64 = head.try_get("last_seq").map_err(StoreError::from)?;
-        let head_hash = parse_hash("ledger_head.last_hash", &head.try_get::<String, _>("last_hash").map_err(StoreError::from)?)?;
+        let head_hash =
+            parse_hash("ledger_head.last_hash", &head.try_get::<String, _>("last_hash").map_err(StoreError::from)?)?;
         if head_seq as u64 != ledger.last_seq() || head_hash != ledger.last_hash() {
             return Err(LedgerVerifyError::Head { head_seq: head_seq as u64, journal_seq: ledger.last_seq() });
         }
         let stored = self.all_balances().await?;
         ledger.compare_stored(stored.iter())?;
         ledger.assert_invariants();
-        Ok(LedgerReport { entries: ledger.last_seq(), accounts: stored.len() as u64, head_hash: hex::encode(ledger.last_hash()) })
+        Ok(LedgerReport {
+            entries: ledger.last_seq(),
+            accounts: stored.len() as u64,
+            head_hash: hex::encode(ledger.last_hash()),
+        })
     }
 }
 
@@ -221,7 +232,9 @@ pub enum LedgerVerifyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Journal(#[from] VerifyError),
-    #[error("journal head says seq {head_seq} but the journal ends at {journal_seq} (entries deleted or appended outside kinko)")]
+    #[error(
+        "journal head says seq {head_seq} but the journal ends at {journal_seq} (entries deleted or appended outside kinko)"
+    )]
     Head { head_seq: u64, journal_seq: u64 },
 }
 

@@ -1,0 +1,40 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{accounts, auth, ops, problem, withdrawals};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kinko customer API", description = "Custody: deposits and withdrawals. Amounts are decimal strings in base units; errors are RFC 9457 application/problem+json."),
+    paths(
+        auth::create_customer,
+        auth::create_session,
+        accounts::deposit_address,
+        accounts::balances,
+        accounts::list_deposits,
+        accounts::get_deposit,
+        withdrawals::create_withdrawal,
+        withdrawals::get_withdrawal,
+        withdrawals::list_withdrawals,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::openapi,
+    ),
+    components(schemas(problem::ProblemBody, problem::FieldError)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let http =
+            HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("token from POST /v1/sessions")).build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(http));
+    }
+}

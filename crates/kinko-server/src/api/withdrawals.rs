@@ -1,0 +1,315 @@
+//! Customer withdrawal instructions (M13, A3). A request is validated, then the withdrawal row and its
+//! ledger hold are written in one transaction (kinko-store `create_withdrawal`); the pipeline takes it
+//! from there. The `Idempotency-Key` header makes retries safe: the same key with the same request
+//! returns the same withdrawal and holds once; the same key with another request is refused.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use kinko_chain::evm::address::{parse_address, to_lower_hex};
+use kinko_core::intent::Intent;
+use kinko_core::withdrawal::WithdrawalStatus;
+use kinko_core::{Amount, AssetCode};
+use kinko_store::withdrawal_requests::{CreateOutcome, CreateWithdrawalError, NewWithdrawal};
+use kinko_store::withdrawals::WithdrawalRow;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::accounts::{hex_0x, page_limit};
+use super::assets::lookup_asset;
+use super::auth::{Customer, WITHDRAWAL_AUTH_LEVEL_MIN};
+use super::extract::{ApiJson, JsonBody};
+use super::problem::{FieldError, Problem, ProblemBody};
+use crate::AppState;
+use crate::clock::now_ms;
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 64;
+pub const WITHDRAWAL_REASON: &str = "customer withdrawal";
+
+#[derive(Deserialize, ToSchema)]
+pub struct WithdrawalRequest {
+    #[schema(example = "ETH")]
+    pub asset: String,
+    /// Base units as a decimal string (wei for ETH); a JSON number is refused.
+    #[schema(example = "1000000000000000")]
+    pub amount: String,
+    /// 0x-address; mixed case must carry a valid EIP-55 checksum.
+    #[schema(example = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8")]
+    pub destination: String,
+}
+
+impl JsonBody for WithdrawalRequest {
+    const FIELDS: &'static [&'static str] = &["asset", "amount", "destination"];
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct WithdrawalAccepted {
+    pub id: String,
+    #[schema(example = "approved")]
+    pub status: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct WithdrawalView {
+    pub id: String,
+    pub asset: String,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+    pub destination: String,
+    /// requested, pending_approval, approved, signing, signed, broadcast, confirmed, settled, failed, cancelled.
+    pub status: String,
+    pub tx_hash: Option<String>,
+    /// Network fee paid by the custodian, base units; set when settled.
+    #[schema(value_type = Option<String>)]
+    pub fee: Option<Amount>,
+    pub nonce: Option<u64>,
+    pub confirmations: u64,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl From<WithdrawalRow> for WithdrawalView {
+    fn from(w: WithdrawalRow) -> Self {
+        WithdrawalView {
+            id: w.id,
+            asset: w.asset.to_string(),
+            amount: w.amount,
+            destination: w.destination,
+            status: w.status.as_str().to_string(),
+            tx_hash: w.tx_hash.as_deref().map(hex_0x),
+            fee: w.fee,
+            nonce: w.nonce,
+            confirmations: w.confirmations,
+            error: w.error,
+            created_at_ms: w.created_at_ms,
+            updated_at_ms: w.updated_at_ms,
+        }
+    }
+}
+
+/// 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+    let bad = |reason: &str| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "idempotency-key",
+            "invalid Idempotency-Key header",
+            IDEMPOTENCY_KEY_HEADER,
+            reason,
+        )
+    };
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let value = values.next().ok_or_else(|| bad("is required"))?;
+    if values.next().is_some() {
+        return Err(bad("must be sent once"));
+    }
+    let key = value.to_str().map_err(|_| bad("must be 1 to 64 characters of A-Z a-z 0-9 _ -"))?;
+    let ok = (1..=IDEMPOTENCY_KEY_LEN_MAX).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(key.to_string()) } else { Err(bad("must be 1 to 64 characters of A-Z a-z 0-9 _ -")) }
+}
+
+/// The validated request: what the idempotency check and the intent are computed over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidRequest {
+    pub asset: AssetCode,
+    pub chain: &'static str,
+    pub chain_id: kinko_core::ChainId,
+    pub amount: Amount,
+    /// Lower-case 0x-hex.
+    pub destination: String,
+}
+
+/// Checks every field and reports all failures together.
+pub fn validate(config: &crate::Config, body: &WithdrawalRequest) -> Result<ValidRequest, Problem> {
+    let mut errors = Vec::new();
+    let asset = lookup_asset(config, "asset", &body.asset).map_err(|e| errors.push(e)).ok();
+    let amount =
+        Amount::parse_positive(&body.amount).map_err(|e| errors.push(FieldError::new("amount", e.to_string()))).ok();
+    let destination = parse_address(&body.destination)
+        .map_err(|e| errors.push(FieldError::new("destination", e.to_string())))
+        .ok()
+        .map(|a| to_lower_hex(&a));
+    match (asset, amount, destination) {
+        (Some(asset), Some(amount), Some(destination)) if errors.is_empty() => {
+            Ok(ValidRequest { asset: asset.code, chain: asset.chain, chain_id: asset.chain_id, amount, destination })
+        }
+        _ => Err(Problem::validation(errors)),
+    }
+}
+
+/// sha256 over a canonical encoding of the normalised request: a domain tag, then asset, amount
+/// (canonical decimal) and destination (lower-case), each length-prefixed. Equal requests written
+/// differently (checksummed vs lower-case destination) hash equal.
+pub fn request_hash(req: &ValidRequest) -> String {
+    let mut h = Sha256::new();
+    h.update(b"kinko-withdrawal-request-v1");
+    for field in [req.asset.as_str(), &req.amount.to_string(), &req.destination] {
+        h.update((field.len() as u32).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Request a withdrawal. Requires an `Idempotency-Key`.
+#[utoipa::path(
+    post, path = "/v1/withdrawals", tag = "withdrawals",
+    request_body = WithdrawalRequest,
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1 to 64 characters of A-Z a-z 0-9 _ -; the same key and request return the same withdrawal")),
+    responses(
+        (status = 202, description = "accepted (or the earlier withdrawal for this key)", body = WithdrawalAccepted),
+        (status = 400, description = "missing or malformed Idempotency-Key, malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "no valid session", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "negative position: withdrawals blocked", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "not application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields, insufficient balance, or key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_withdrawal(
+    State(state): State<AppState>,
+    customer: Customer,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<WithdrawalRequest>,
+) -> Result<(StatusCode, Json<WithdrawalAccepted>), Problem> {
+    customer.require(WITHDRAWAL_AUTH_LEVEL_MIN)?;
+    let key = idempotency_key(&headers)?;
+    let req = validate(&state.config, &body)?;
+    let request_hash = request_hash(&req);
+    let id = format!("w_{}", uuid::Uuid::now_v7().simple());
+    let intent = Intent {
+        id: id.clone(),
+        asset: req.asset.clone(),
+        chain_id: req.chain_id,
+        amount: req.amount,
+        destination: req.destination.clone(),
+        source_wallet: state.hot_wallet.clone(),
+        customer_id: customer.id.clone(),
+        reason: WITHDRAWAL_REASON.to_string(),
+    };
+    // Policy and operator approvals come with later issues; today an accepted request is approved.
+    let status = WithdrawalStatus::Requested.transition(WithdrawalStatus::Approved).map_err(Problem::internal)?;
+    let new = NewWithdrawal {
+        id,
+        customer_id: customer.id.clone(),
+        asset: req.asset,
+        chain: req.chain.to_string(),
+        amount: req.amount,
+        destination: req.destination,
+        source_wallet: state.hot_wallet.clone(),
+        status,
+        intent_hash: hex::encode(intent.hash()),
+        idempotency_key: key,
+        request_hash: request_hash.clone(),
+    };
+    let row = match state.store.create_withdrawal(&new, now_ms()).await {
+        Ok(CreateOutcome::Created(row)) => row,
+        Ok(CreateOutcome::Existing(row)) if row.request_hash == request_hash => row,
+        Ok(CreateOutcome::Existing(_)) => {
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different request",
+                IDEMPOTENCY_KEY_HEADER,
+                "was already used for a different withdrawal request",
+            ));
+        }
+        Err(CreateWithdrawalError::InsufficientAvailable) => {
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "insufficient-balance",
+                "insufficient available balance",
+                "amount",
+                "exceeds the available balance",
+            ));
+        }
+        Err(CreateWithdrawalError::NegativePosition) => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "negative-position",
+                "negative position, withdrawals blocked",
+            )
+            .detail("a reversed deposit left this account owing funds; contact the custodian"));
+        }
+        Err(CreateWithdrawalError::Store(e)) => return Err(e.into()),
+    };
+    Ok((StatusCode::ACCEPTED, Json(WithdrawalAccepted { id: row.id, status: row.status.as_str().to_string() })))
+}
+
+/// One withdrawal. Another customer's withdrawal is 404, as if it did not exist.
+#[utoipa::path(
+    get, path = "/v1/withdrawals/{id}", tag = "withdrawals",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "withdrawal id")),
+    responses(
+        (status = 200, description = "the withdrawal", body = WithdrawalView),
+        (status = 404, description = "no such withdrawal for this customer", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_withdrawal(
+    State(state): State<AppState>,
+    customer: Customer,
+    Path(id): Path<String>,
+) -> Result<Json<WithdrawalView>, Problem> {
+    match state.store.withdrawal(&id).await? {
+        Some(w) if w.customer_id == customer.id => Ok(Json(w.into())),
+        _ => Err(Problem::not_found()),
+    }
+}
+
+/// The customer's withdrawals, newest first.
+#[utoipa::path(
+    get, path = "/v1/withdrawals", tag = "withdrawals",
+    security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, description = "1 to 200, default 50")),
+    responses(
+        (status = 200, description = "withdrawals", body = Vec<WithdrawalView>),
+        (status = 401, description = "no valid session", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_withdrawals(
+    State(state): State<AppState>,
+    customer: Customer,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<WithdrawalView>>, Problem> {
+    let limit = page_limit(query.as_deref())?;
+    let rows = state.store.withdrawals_for_customer(&customer.id, limit).await?;
+    Ok(Json(rows.into_iter().map(WithdrawalView::from).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a3_idempotency_key_rules() {
+        let mut h = HeaderMap::new();
+        assert!(idempotency_key(&h).is_err());
+        h.insert(IDEMPOTENCY_KEY_HEADER, "abc_DEF-123".parse().unwrap());
+        assert_eq!(idempotency_key(&h).unwrap(), "abc_DEF-123");
+        for bad in ["", "a b", "a/b", &"k".repeat(65)] {
+            h.insert(IDEMPOTENCY_KEY_HEADER, bad.parse().unwrap());
+            let p = idempotency_key(&h).unwrap_err();
+            assert_eq!(p.body.errors[0].field, IDEMPOTENCY_KEY_HEADER, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a3_request_hash_normalises_the_destination() {
+        let c = crate::Config::dev_default("/tmp/x".into(), "127.0.0.1:1".parse().unwrap(), "http://x".into());
+        let body = |dest: &str, amount: &str| WithdrawalRequest {
+            asset: "ETH".into(),
+            amount: amount.into(),
+            destination: dest.into(),
+        };
+        let a = validate(&c, &body("0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "5")).unwrap();
+        let b = validate(&c, &body("0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "5")).unwrap();
+        let d = validate(&c, &body("0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "6")).unwrap();
+        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&d));
+    }
+}

@@ -180,7 +180,13 @@ pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let listen = listener.local_addr()?;
-    let router = crate::api::router(state.clone());
+    // One registry for the API's request counters and the pipeline's and watcher's own metrics. In a
+    // process that starts twice (tests) the second start keeps a private registry.
+    let metrics = crate::api::Metrics::new();
+    if let Err(e) = metrics.install_global() {
+        tracing::debug!(error = %e, "a global metrics recorder is already installed");
+    }
+    let router = crate::api::router_with_metrics(state.clone(), metrics);
     let mut api_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())

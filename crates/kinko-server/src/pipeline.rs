@@ -123,9 +123,13 @@ impl Pipeline {
         for w in claimed {
             let id = w.id.clone();
             match self.advance(w).await {
-                Ok(steps) => report.steps += steps,
+                Ok(steps) => {
+                    report.steps += steps;
+                    metrics::counter!("kinko_withdrawal_steps_total").increment(steps as u64);
+                }
                 Err(e) => {
                     report.errors += 1;
+                    metrics::counter!("kinko_withdrawal_step_errors_total").increment(1);
                     tracing::warn!(withdrawal = %id, error = %e, "withdrawal step failed; will retry");
                     let message = e.to_string();
                     self.store.defer_withdrawal(&id, Some(&message), crate::clock::now_ms() + RETRY_BACKOFF_MS).await?;

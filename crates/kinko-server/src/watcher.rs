@@ -51,6 +51,8 @@ pub struct ScanReport {
     pub blocks_rewound: u64,
     pub deposits_detected: Vec<String>,
     pub deposits_credited: Vec<String>,
+    /// Customers left with a negative position by a reversal (flagged for operators, C2).
+    pub negative_positions: Vec<String>,
     pub deposits_dropped: Vec<String>,
     pub deposits_reversed: Vec<String>,
 }
@@ -244,6 +246,7 @@ async fn rewind_to_node(
         report.blocks_rewound += 1;
         report.deposits_dropped.extend(rewound.dropped);
         report.deposits_reversed.extend(rewound.reversed);
+        report.negative_positions.extend(rewound.negative_positions);
     }
     Err(WatcherError::ReorgTooDeep { chain: chain.to_string(), source: ReorgTooDeep })
 }

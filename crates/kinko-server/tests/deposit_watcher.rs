@@ -202,6 +202,7 @@ async fn c2_reversal_after_withdrawal_leaves_negative_position() {
         anvil.reorg(2).await.unwrap(); // blocks 1, 2 replaced (same height)
         let r = scan(store, &rpc, 2).await;
         assert_eq!(r.deposits_reversed.len(), 1, "{}", ts.name);
+        assert_eq!(r.negative_positions.len(), 1, "{}: the customer is flagged for operators", ts.name);
         assert_eq!(bal(store, AccountKind::Available).await, 0, "{}", ts.name);
         assert_eq!(bal(store, AccountKind::Receivable).await, paid, "{}", ts.name);
         verify(store).await;

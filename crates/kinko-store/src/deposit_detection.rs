@@ -51,6 +51,8 @@ pub struct RecordedBlock {
 pub struct RewoundBlock {
     pub dropped: Vec<String>,
     pub reversed: Vec<String>,
+    /// Customers whose reversal exceeded their available balance (flagged for operators).
+    pub negative_positions: Vec<String>,
 }
 
 /// The deterministic id of a deposit: the same (chain, tx, log, block) always gives the same id.
@@ -316,6 +318,17 @@ impl Store {
                         available_now,
                     );
                     self.post_entry(&mut tx, draft, now_ms).await?;
+                    if d.amount > available_now {
+                        // Flag for operators: the customer already spent the credit, the receivable is the
+                        // custodian's exposure and blocks the customer's withdrawals until settled.
+                        let shortfall =
+                            d.amount.checked_sub(available_now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        tracing::error!(
+                            customer = %d.customer_id, deposit = %d.id, asset = %d.asset, shortfall = %shortfall,
+                            "NEGATIVE POSITION: a re-org reversed a credit the customer had already spent; withdrawals blocked"
+                        );
+                        out.negative_positions.push(d.customer_id.clone());
+                    }
                     out.reversed.push(d.id.clone());
                     DepositStatus::Reversed
                 }

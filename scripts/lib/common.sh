@@ -12,11 +12,8 @@ ensure_anvil() {
     local anvil="$root/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
     if [[ ! -x "$anvil" ]]; then
         echo "setup: installing npm test tools (anvil) into $root/node_modules" >&2
-        if [[ -f "$root/package-lock.json" ]]; then
-            (cd "$root" && npm ci --no-audit --no-fund >&2)
-        else
-            (cd "$root" && npm install --no-audit --no-fund >&2)
-        fi
+        # Not `npm ci`: it refuses the lock file npm 11 writes (other platforms' optional packages absent).
+        (cd "$root" && npm install --no-audit --no-fund >&2)
     fi
     if [[ ! -x "$anvil" ]]; then
         echo "setup: anvil not found at $anvil after npm install" >&2

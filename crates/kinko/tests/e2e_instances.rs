@@ -39,7 +39,8 @@ async fn m13_two_instances_on_postgres_never_process_one_withdrawal_twice() {
     for i in 0..WITHDRAWALS {
         let mut via = alice.clone();
         via.base = bases[i % 2].clone();
-        let (status, body) = via.withdraw(&format!("pair-{i}"), ETH / 10, &outside_address(&format!("pair-{i}"))).await.unwrap();
+        let (status, body) =
+            via.withdraw(&format!("pair-{i}"), ETH / 10, &outside_address(&format!("pair-{i}"))).await.unwrap();
         assert_eq!(status, 202, "{body}");
         ids.push(body["id"].as_str().unwrap().to_string());
     }

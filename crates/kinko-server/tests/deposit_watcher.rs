@@ -62,6 +62,18 @@ async fn only_deposit(store: &Store) -> kinko_store::deposits::DepositRow {
     d.remove(0)
 }
 
+/// Automining can land a moment after `eth_sendTransaction` answers on a loaded machine; the assertions
+/// below are about specific heights, so wait for them (bounded).
+async fn wait_for_height(anvil: &Anvil, height: u64) {
+    for _ in 0..100 {
+        if anvil.block_number().await.unwrap() >= height {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("anvil did not reach block {height}");
+}
+
 async fn verify(store: &Store) {
     store.verify_ledger(|_| {}).await.unwrap();
 }
@@ -78,6 +90,7 @@ async fn c2_deposit_credited_only_after_n_confirmations() {
         anvil.send_eth(ACCOUNT0, DEPOSIT_ADDR, ONE_ETH).await.unwrap(); // block 1
         // A transfer to an address nobody watches is ignored.
         anvil.send_eth(ACCOUNT0, HOT, 5).await.unwrap(); // block 2
+        wait_for_height(&anvil, 2).await;
         let r = scan(store, &rpc, 3).await;
         assert_eq!(r.deposits_detected.len(), 1, "{}", ts.name);
         assert!(r.deposits_credited.is_empty(), "{}", ts.name);

@@ -3,3 +3,4 @@
 pub mod hd;
 pub mod kek;
 pub mod seed;
+pub mod shares;

@@ -2,20 +2,24 @@
 //! over one store, one node connection and one signer (`serve`).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use bitcoin::bip32::Xpub;
 use kinko_chain::evm::rpc::EvmRpc;
 use kinko_keys::kek::Kek;
-use kinko_signer::LocalSigner;
+use kinko_keys::shares::{MasterKey, SealConfig, ShareFile};
+use kinko_signer::remote::RemoteSigner;
+use kinko_signer::seal::{SealState, SubmitOutcome};
+use kinko_signer::{LocalSigner, Signer};
 use kinko_store::Store;
 use kinko_store::pipeline::Wallet;
+use kinko_store::seal_records::KekRecord;
 use kinko_store::signer_records::KeyRecord;
 
 use crate::Config;
 use crate::clock::now_ms;
+use crate::config::SignerMode;
 use crate::pipeline::{Pipeline, PipelineSettings};
 
 /// Shared, read-mostly state. Cloning is cheap.
@@ -65,47 +69,115 @@ pub struct Custody {
     pub created: bool,
 }
 
-/// Creates the master seed (BIP39, OS CSPRNG), stores it and the hot-wallet key wrapped by the KEK,
-/// and publishes the deposit xpub. Idempotent: a second run finds and reports what exists.
-pub async fn init(store: &Store, kek: &Kek) -> Result<Custody, AppError> {
+/// Id of the first KEK `init` creates.
+pub const KEK_ID_FIRST: &str = "kek-1";
+/// DEV MODE: the 1-of-1 master-key share that unseals the in-process signer, as a plain file beside the
+/// database. Dev mode unseals through the same path as the signer process; only where the share comes
+/// from differs.
+pub const DEV_SHARE_FILE: &str = "dev-share.json";
+pub const DEV_CUSTODIAN: &str = "dev";
+
+/// DEV MODE ONLY: the dev custodian's share. `Debug` shows nothing of it.
+pub struct DevUnseal {
+    share: kinko_keys::shares::RawShare,
+}
+
+impl std::fmt::Debug for DevUnseal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevUnseal(..)")
+    }
+}
+
+/// Creates the master seed (BIP39, OS CSPRNG), stores it and the hot-wallet key wrapped by the KEK, the
+/// KEK wrapped by the master key, and the seal configuration; publishes the deposit xpub. Dev mode: the
+/// master key is the dev share's. Idempotent: a second run finds and reports what exists.
+pub async fn init(store: &Store, dev: &DevUnseal) -> Result<Custody, AppError> {
     if let Some(custody) = load_custody(store).await? {
         return Ok(custody);
     }
+    let shares = std::slice::from_ref(&dev.share);
+    let mk = kinko_keys::shares::combine(1, shares).map_err(|e| AppError::Keys(e.to_string()))?;
+    let config = SealConfig::new(&mk, 1, shares);
+    init_sealed(store, &mk, &config).await
+}
+
+/// `init` under a master key that the caller has just split into custodian shares (`config`). The MK
+/// only wraps the KEK here; it is never stored.
+pub async fn init_sealed(store: &Store, mk: &MasterKey, config: &SealConfig) -> Result<Custody, AppError> {
+    if let Some(custody) = load_custody(store).await? {
+        return Ok(custody);
+    }
+    let keys = |e: &dyn std::fmt::Display| AppError::Keys(e.to_string());
+    let json = serde_json::to_string(config).map_err(|e| keys(&e))?;
+    let stored = store.init_seal_config_json(&json).await?;
+    let stored: SealConfig = serde_json::from_str(&stored).map_err(|e| keys(&e))?;
+    if stored.mk_fingerprint != mk.fingerprint() {
+        return Err(AppError::Keys(
+            "this database already holds another seal from an interrupted `kinko init`; use a fresh database".into(),
+        ));
+    }
     let now = now_ms();
+    let (kek_id, kek) = match store.active_kek().await? {
+        // A previous run stored the KEK and stopped: keep it.
+        Some(row) => {
+            let kek = kinko_signer::seal::unwrap_kek(mk, &row.id, &row.wrapped_by_master_hex).map_err(|e| keys(&e))?;
+            (row.id, kek)
+        }
+        None => {
+            let kek = Kek::generate();
+            let wrapped = kinko_signer::seal::wrap_kek(mk, KEK_ID_FIRST, &kek).map_err(|e| keys(&e))?;
+            store
+                .insert_kek(&KekRecord {
+                    id: KEK_ID_FIRST.into(),
+                    wrapped_by_master_hex: wrapped,
+                    state: kinko_store::seal_records::KEK_ACTIVE.into(),
+                    fingerprint: kek.fingerprint(),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                })
+                .await?;
+            (KEK_ID_FIRST.to_string(), kek)
+        }
+    };
+
     let (seed, mnemonic) = kinko_keys::seed::MasterSeed::generate();
-    let master = seed.to_bip32_master().map_err(|e| AppError::Keys(e.to_string()))?;
-    let xpub = kinko_keys::hd::evm_deposit_xpub(&master).map_err(|e| AppError::Keys(e.to_string()))?;
-    let hot_secret = kinko_keys::hd::evm_hot_wallet_secret(&master).map_err(|e| AppError::Keys(e.to_string()))?;
+    let master = seed.to_bip32_master().map_err(|e| keys(&e))?;
+    let xpub = kinko_keys::hd::evm_deposit_xpub(&master).map_err(|e| keys(&e))?;
+    let hot_secret = kinko_keys::hd::evm_hot_wallet_secret(&master).map_err(|e| keys(&e))?;
     let hot_public = bitcoin::secp256k1::SecretKey::from_slice(hot_secret.as_ref())
-        .map_err(|e| AppError::Keys(e.to_string()))?
+        .map_err(|e| keys(&e))?
         .public_key(&bitcoin::secp256k1::Secp256k1::signing_only());
     let hot_wallet = kinko_keys::hd::evm_address(&hot_public);
 
-    let wrapped_seed =
-        kek.wrap(MASTER_SEED_KEY_ID, "master_seed", mnemonic.as_bytes()).map_err(|e| AppError::Keys(e.to_string()))?;
-    let wrapped_hot =
-        kek.wrap(HOT_KEY_ID, "hot_wallet", hot_secret.as_ref()).map_err(|e| AppError::Keys(e.to_string()))?;
+    let wrapped_seed = kek.wrap(MASTER_SEED_KEY_ID, "master_seed", mnemonic.as_bytes()).map_err(|e| keys(&e))?;
+    let wrapped_hot = kek.wrap(HOT_KEY_ID, "hot_wallet", hot_secret.as_ref()).map_err(|e| keys(&e))?;
     store
-        .insert_key(&KeyRecord {
-            id: MASTER_SEED_KEY_ID.into(),
-            purpose: "master_seed".into(),
-            chain: ETH_CHAIN.into(),
-            address: String::new(),
-            wrapped_hex: hex::encode(wrapped_seed),
-            state: "active".into(),
-            created_at_ms: now,
-        })
+        .insert_key_wrapped_by(
+            &KeyRecord {
+                id: MASTER_SEED_KEY_ID.into(),
+                purpose: "master_seed".into(),
+                chain: ETH_CHAIN.into(),
+                address: String::new(),
+                wrapped_hex: hex::encode(wrapped_seed),
+                state: "active".into(),
+                created_at_ms: now,
+            },
+            &kek_id,
+        )
         .await?;
     store
-        .insert_key(&KeyRecord {
-            id: HOT_KEY_ID.into(),
-            purpose: "hot_wallet".into(),
-            chain: ETH_CHAIN.into(),
-            address: hot_wallet.clone(),
-            wrapped_hex: hex::encode(wrapped_hot),
-            state: "active".into(),
-            created_at_ms: now,
-        })
+        .insert_key_wrapped_by(
+            &KeyRecord {
+                id: HOT_KEY_ID.into(),
+                purpose: "hot_wallet".into(),
+                chain: ETH_CHAIN.into(),
+                address: hot_wallet.clone(),
+                wrapped_hex: hex::encode(wrapped_hot),
+                state: "active".into(),
+                created_at_ms: now,
+            },
+            &kek_id,
+        )
         .await?;
     store
         .ensure_wallet(Wallet { address: &hot_wallet, chain: ETH_CHAIN, tier: "hot", key_id: HOT_KEY_ID }, now)
@@ -113,6 +185,11 @@ pub async fn init(store: &Store, kek: &Kek) -> Result<Custody, AppError> {
     // Publishing the xpub last makes it the commit point: until it exists, `init` runs again.
     let stored = store.meta_init(META_DEPOSIT_XPUB, &xpub.to_string()).await?;
     Ok(Custody { deposit_xpub: stored, hot_wallet, created: true })
+}
+
+/// Whether `init` has completed on this store (and what it made).
+pub async fn custody(store: &Store) -> Result<Option<Custody>, AppError> {
+    load_custody(store).await
 }
 
 async fn load_custody(store: &Store) -> Result<Option<Custody>, AppError> {
@@ -138,9 +215,16 @@ impl Running {
     }
 }
 
-/// Starts the API, deposit detection and the withdrawal pipeline. The signer is in-process here
-/// (dev and tests); the isolated signer process comes with the key-custody work.
-pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
+/// Starts the API, deposit detection and the withdrawal pipeline with the in-process signer (dev mode),
+/// unsealed with the dev share.
+pub async fn start(config: Config, dev: &DevUnseal) -> Result<Running, AppError> {
+    start_with(config, Some(dev)).await
+}
+
+/// Starts the API, deposit detection and the withdrawal pipeline. With `signer.mode = "remote"` the
+/// pipeline signs through the signer process's socket (S1) and `dev` is not needed; `"local"` (dev mode
+/// only) unseals an in-process signer with the dev share.
+pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Running, AppError> {
     let store = Store::connect(&config.database_url).await?;
     let read = EvmRpc::new(&config.ethereum.rpc_url)?;
     let send = EvmRpc::new(config.ethereum.send_rpc_url.as_deref().unwrap_or(&config.ethereum.rpc_url))?;
@@ -156,17 +240,18 @@ pub async fn start(config: Config, kek: &Kek) -> Result<Running, AppError> {
     let custody = load_custody(&store).await?.ok_or(AppError::NotInitialised)?;
     let xpub = Xpub::from_str(&custody.deposit_xpub).map_err(|e| AppError::Keys(format!("stored xpub: {e}")))?;
 
-    let journal = Arc::new(kinko_signer::store_journal::StoreJournal(store.clone()));
-    let signer = Arc::new(LocalSigner::new(journal));
     let hot = store.key(HOT_KEY_ID).await?.ok_or(AppError::NotInitialised)?;
-    let wrapped = hex::decode(&hot.wrapped_hex).map_err(|_| AppError::Keys("stored hot key is not hex".into()))?;
-    let secret = kek.unwrap(HOT_KEY_ID, "hot_wallet", &wrapped).map_err(|e| AppError::Keys(e.to_string()))?;
-    let secret: [u8; 32] =
-        secret.as_slice().try_into().map_err(|_| AppError::Keys("hot key has the wrong length".into()))?;
-    let address = signer.add_secp256k1_key(HOT_KEY_ID, zeroize::Zeroizing::new(secret))?;
-    if address != hot.address {
-        return Err(AppError::Keys("unwrapped hot key does not match its recorded address".into()));
-    }
+    let signer: Arc<dyn Signer> = match config.signer.mode {
+        SignerMode::Remote => Arc::new(RemoteSigner::new(&config.signer_socket())),
+        SignerMode::Local => {
+            let dev = match dev {
+                Some(d) if config.dev => d,
+                _ => return Err(AppError::Keys("an in-process signer needs dev mode and its dev share".into())),
+            };
+            let policy = config.signer.routine_policy().map_err(|e| AppError::Keys(e.to_string()))?;
+            Arc::new(unseal_in_process(&store, dev, policy).await?)
+        }
+    };
 
     let config = Arc::new(config);
     let state = AppState {
@@ -256,23 +341,62 @@ async fn watch_exclusively(
     }
 }
 
-/// Loads the KEK for this configuration. Dev mode keeps it in a file beside the database, which is
-/// exactly what production must never do; the caller prints the warning.
-pub fn load_kek(config: &Config) -> Result<Kek, AppError> {
-    if config.dev {
-        std::fs::create_dir_all(&config.data_dir)?;
-        return kinko_keys::kek::dev_kek(&config.data_dir.join(DEV_KEK_FILE))
-            .map_err(|e| AppError::Keys(e.to_string()));
+/// Unseals an in-process signer through the same seal path as the signer process, with the dev share.
+async fn unseal_in_process(
+    store: &Store,
+    dev: &DevUnseal,
+    routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
+) -> Result<LocalSigner, AppError> {
+    let keys = |e: &dyn std::fmt::Display| AppError::Keys(e.to_string());
+    let mut seal = SealState::load(store).await.map_err(|e| keys(&e))?;
+    match seal.submit(dev.share.clone()).map_err(|e| keys(&e))? {
+        SubmitOutcome::Unsealed(mk) => {
+            let journal = Arc::new(kinko_signer::store_journal::StoreJournal(store.clone()));
+            kinko_signer::seal::unlock_signer(store, &mk, journal, &[HOT_KEY_ID.to_string()], routine_policy)
+                .await
+                .map_err(|e| keys(&e))
+        }
+        SubmitOutcome::Collecting { .. } => {
+            Err(AppError::Keys("the stored seal needs more than the dev share; it is not a dev seal".into()))
+        }
     }
-    let path = std::env::var_os("KINKO_KEK_FILE").ok_or_else(|| {
-        AppError::Keys(
-            "the signer is sealed: set KINKO_KEK_FILE (unseal with custodian shares is the key-custody issue)".into(),
-        )
-    })?;
-    kinko_keys::kek::dev_kek(Path::new(&path)).map_err(|e| AppError::Keys(e.to_string()))
 }
 
-pub const DEV_KEK_FILE: &str = "dev-kek.bin";
+/// DEV MODE ONLY: loads the dev custodian's share from `data_dir`, creating a fresh master key and its
+/// 1-of-1 share (mode 0600) when missing. The caller prints the warning. (Named after what it replaced:
+/// callers get from it whatever unseals the in-process signer.)
+pub fn load_kek(config: &Config) -> Result<DevUnseal, AppError> {
+    if !config.dev {
+        return Err(AppError::Keys(
+            "the signer is sealed: run `kinko signer serve` and unseal it with custodian shares (`kinko unseal`)"
+                .into(),
+        ));
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join(DEV_SHARE_FILE);
+    let keys = |e: &dyn std::fmt::Display| AppError::Keys(format!("{}: {e}", path.display()));
+    if path.exists() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(AppError::Keys(format!(
+                    "{}: mode {:o} lets group or others read it; chmod 600",
+                    path.display(),
+                    mode & 0o777
+                )));
+            }
+        }
+        let share = ShareFile::read(&path).and_then(|f| f.open(None)).map_err(|e| keys(&e))?;
+        return Ok(DevUnseal { share });
+    }
+    let mk = MasterKey::generate();
+    let mut shares = kinko_keys::shares::split(&mk, 1, &[DEV_CUSTODIAN.to_string()]).map_err(|e| keys(&e))?;
+    let share = shares.pop().ok_or_else(|| AppError::Keys("split gave no share".into()))?;
+    share.to_file(None).and_then(|f| f.write(&path)).map_err(|e| keys(&e))?;
+    Ok(DevUnseal { share })
+}
 
 /// The first default account of a local anvil node: unlocked, funded with 10,000 test ETH.
 pub const ANVIL_ACCOUNT0: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";

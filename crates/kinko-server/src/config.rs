@@ -24,6 +24,53 @@ pub struct Config {
     pub ethereum: EthereumConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub signer: SignerConfig,
+}
+
+/// Where signatures come from (S1).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    /// `remote`: `kinko serve` asks the signer process (`kinko signer serve`) over `socket_path`.
+    /// `local`: an in-process signer, accepted only in dev mode.
+    #[serde(default)]
+    pub mode: SignerMode,
+    /// The signer's Unix socket; default `data_dir/signer.sock`. Env: `KINKO_SIGNER_SOCKET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<PathBuf>,
+    /// Routine suspension (K3): a key is suspended after this many signatures since its activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures_max: Option<u64>,
+    /// Routine suspension (K3): keys sign only from `[start, end)` o'clock UTC, Monday to Friday.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_hours_utc: Option<[u8; 2]>,
+}
+
+impl SignerConfig {
+    /// The routine-suspension policy these settings describe.
+    pub fn routine_policy(&self) -> Result<kinko_store::key_lifecycle::RoutinePolicy, ConfigError> {
+        let business_hours = self
+            .business_hours_utc
+            .map(|[start, end]| {
+                kinko_core::key_lifecycle::BusinessHours::new(
+                    start,
+                    end,
+                    kinko_core::key_lifecycle::BusinessHours::WEEKDAYS,
+                )
+            })
+            .transpose()
+            .map_err(|e| ConfigError::Invalid { field: "signer.business_hours_utc", reason: e.to_string() })?;
+        Ok(kinko_store::key_lifecycle::RoutinePolicy { signatures_max: self.signatures_max, business_hours })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignerMode {
+    #[default]
+    Remote,
+    Local,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -118,7 +165,13 @@ impl Config {
                 max_fee_per_gas_cap_wei: default_max_fee_cap(),
             },
             pipeline: PipelineConfig::default(),
+            signer: SignerConfig { mode: SignerMode::Local, ..Default::default() },
         }
+    }
+
+    /// The signer's socket: `signer.socket_path`, or `signer.sock` in the data directory.
+    pub fn signer_socket(&self) -> PathBuf {
+        self.signer.socket_path.clone().unwrap_or_else(|| self.data_dir.join("signer.sock"))
     }
 
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
@@ -150,6 +203,9 @@ impl Config {
         if let Some(v) = get("KINKO_ETH_SEND_RPC") {
             self.ethereum.send_rpc_url = Some(v);
         }
+        if let Some(v) = get("KINKO_SIGNER_SOCKET") {
+            self.signer.socket_path = Some(v.into());
+        }
         if let Some(v) = get("KINKO_ETH_CONFIRMATIONS") {
             self.ethereum.confirmations =
                 v.parse().map_err(|e| ConfigError::Env { name: "KINKO_ETH_CONFIRMATIONS", reason: format!("{e}") })?;
@@ -167,6 +223,9 @@ impl Config {
         }
         if self.instance_id.is_empty() || self.instance_id.len() > 64 {
             return invalid("instance_id", "must be 1 to 64 characters");
+        }
+        if self.signer.mode == SignerMode::Local && !self.dev {
+            return invalid("signer.mode", "an in-process signer is for dev mode only; use \"remote\" (S1)");
         }
         if self.pipeline.batch_max == 0 || self.pipeline.batch_max > 1_000 {
             return invalid("pipeline.batch_max", "must be between 1 and 1000");

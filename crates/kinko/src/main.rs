@@ -1,5 +1,7 @@
 //! `kinko`: crypto-asset custody. See README.md for the quick start and the command reference.
 
+mod keys_cli;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,8 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use kinko_keys::shares::{MasterKey, SealConfig, ShareFile};
 use kinko_server::Config;
 use kinko_server::app;
+use kinko_signer::remote::{RemoteError, RemoteSigner};
+use kinko_signer::seal::SealStatus;
 use kinko_store::Store;
 
 #[derive(Parser)]
@@ -20,10 +25,56 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create the master seed, the hot-wallet key (wrapped by the KEK) and the deposit xpub. Idempotent.
+    /// KEK lifecycle (K4): rotate the KEK, resumable after a crash.
+    Kek {
+        #[command(subcommand)]
+        command: keys_cli::KekCmd,
+    },
+    /// Key lifecycle (K2, K5, K7): transitions, xpub export, destruction.
+    Key {
+        #[command(subcommand)]
+        command: keys_cli::KeyCmd,
+    },
+    /// Create the master key (split into custodian share files), the KEK, the master seed, the hot-wallet
+    /// key and the deposit xpub. Idempotent. Dev mode needs no share flags (a 1-of-1 dev share is used).
     Init {
         #[arg(long, short, env = "KINKO_CONFIG")]
         config: PathBuf,
+        /// Number of custodian shares (N).
+        #[arg(long)]
+        shares: Option<usize>,
+        /// Shares needed to unseal (K).
+        #[arg(long)]
+        threshold: Option<usize>,
+        /// Directory for the share files (created, mode 0700; files are 0600 and never overwritten).
+        #[arg(long)]
+        share_dir: Option<PathBuf>,
+        /// Custodian names, one per share (default custodian-1 … custodian-N).
+        #[arg(long = "custodian")]
+        custodians: Vec<String>,
+        /// NAME=VAR: protect NAME's share with the passphrase in environment variable VAR (argon2id).
+        #[arg(long = "passphrase-env")]
+        passphrase_env: Vec<String>,
+    },
+    /// Send one custodian's share to the signer process (K of N unseal it).
+    Unseal {
+        #[arg(long, short, env = "KINKO_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        share: PathBuf,
+        /// Environment variable holding the share file's passphrase, if it has one.
+        #[arg(long)]
+        passphrase_env: Option<String>,
+    },
+    /// Seal the signer process: it drops the KEK and zeroizes every key.
+    Seal {
+        #[arg(long, short, env = "KINKO_CONFIG")]
+        config: PathBuf,
+    },
+    /// The signer process.
+    Signer {
+        #[command(subcommand)]
+        command: SignerCmd,
     },
     /// Run the API, deposit detection and the withdrawal pipeline.
     Serve {
@@ -52,6 +103,20 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum SignerCmd {
+    /// Run the signer process on its Unix socket; it starts sealed.
+    Serve {
+        #[arg(long, short, env = "KINKO_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the signer's seal status as JSON.
+    Status {
+        #[arg(long, short, env = "KINKO_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum LedgerCmd {
     /// Replay the journal: hash chain, sequence, every posting invariant, and stored balances.
     Verify {
@@ -73,9 +138,26 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Cmd::Init { config } => init(&load_config(&config)?).await,
+            Cmd::Init { config, shares, threshold, share_dir, custodians, passphrase_env } => {
+                let options = InitShares { shares, threshold, share_dir, custodians, passphrase_env };
+                init(&load_config(&config)?, options).await
+            }
+            Cmd::Unseal { config, share, passphrase_env } => {
+                unseal(&load_config(&config)?, &share, passphrase_env.as_deref()).await
+            }
+            Cmd::Seal { config } => {
+                let remote = RemoteSigner::new(&load_config(&config)?.signer_socket());
+                print_signer_reply(remote.seal().await)
+            }
+            Cmd::Signer { command: SignerCmd::Serve { config } } => signer_serve(load_config(&config)?).await,
+            Cmd::Signer { command: SignerCmd::Status { config } } => {
+                let remote = RemoteSigner::new(&load_config(&config)?.signer_socket());
+                print_signer_reply(remote.status().await)
+            }
             Cmd::Serve { config } => serve(load_config(&config)?).await,
             Cmd::Dev { data_dir, listen, eth_rpc, block_time } => dev(data_dir, listen, eth_rpc, block_time).await,
+            Cmd::Kek { command } => keys_cli::run_kek(command).await,
+            Cmd::Key { command } => keys_cli::run_key(command).await,
             Cmd::Ledger { command: LedgerCmd::Verify { config, database_url } } => {
                 let url = match (config, database_url) {
                     (Some(c), _) => load_config(&c)?.database_url,
@@ -104,28 +186,173 @@ fn load_config(path: &Path) -> Result<Config> {
 fn warn_if_dev(config: &Config) {
     if config.dev {
         eprintln!(
-            "\n!!! WARNING: DEV MODE. The signer is unsealed automatically from a key-encryption key stored in\n\
+            "\n!!! WARNING: DEV MODE. The signer is unsealed automatically from a master-key share stored in\n\
              !!! {} next to the database. Anyone who can read that directory can sign.\n\
              !!! Never hold real funds with this set-up.\n",
-            config.data_dir.join(app::DEV_KEK_FILE).display()
+            config.data_dir.join(app::DEV_SHARE_FILE).display()
         );
     }
 }
 
-async fn init(config: &Config) -> Result<()> {
-    warn_if_dev(config);
-    let kek = app::load_kek(config)?;
+struct InitShares {
+    shares: Option<usize>,
+    threshold: Option<usize>,
+    share_dir: Option<PathBuf>,
+    custodians: Vec<String>,
+    passphrase_env: Vec<String>,
+}
+
+async fn init(config: &Config, options: InitShares) -> Result<()> {
     let store = Store::connect(&config.database_url).await?;
-    let custody = app::init(&store, &kek).await?;
-    println!("{}", serde_json::to_string_pretty(&custody)?);
+    if config.dev && options.shares.is_none() {
+        warn_if_dev(config);
+        let dev = app::load_kek(config)?;
+        let custody = app::init(&store, &dev).await?;
+        println!("{}", serde_json::to_string_pretty(&custody)?);
+        return Ok(());
+    }
+    if let Some(custody) = app::custody(&store).await? {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"custody": custody, "share_files": []}))?);
+        return Ok(());
+    }
+    let (Some(n), Some(k), Some(dir)) = (options.shares, options.threshold, options.share_dir) else {
+        bail!("give --shares N --threshold K --share-dir DIR (the master key is split among N custodians)");
+    };
+    let custodians: Vec<String> = if options.custodians.is_empty() {
+        (1..=n).map(|i| format!("custodian-{i}")).collect()
+    } else {
+        options.custodians
+    };
+    if custodians.len() != n {
+        bail!("--custodian: {} names given for --shares {n}", custodians.len());
+    }
+    let mut passphrases: std::collections::BTreeMap<String, zeroize::Zeroizing<String>> = Default::default();
+    for spec in &options.passphrase_env {
+        let (name, var) = spec.split_once('=').context("--passphrase-env takes NAME=VAR")?;
+        if !custodians.iter().any(|c| c == name) {
+            bail!("--passphrase-env: no custodian named {name:?}");
+        }
+        let value = std::env::var(var).with_context(|| format!("--passphrase-env: environment variable {var}"))?;
+        if value.is_empty() {
+            bail!("--passphrase-env: {var} is empty");
+        }
+        passphrases.insert(name.to_string(), zeroize::Zeroizing::new(value));
+    }
+    let mk = MasterKey::generate();
+    let shares = kinko_keys::shares::split(&mk, k, &custodians)?;
+    let seal_config = SealConfig::new(&mk, k, &shares);
+    create_private_dir(&dir)?;
+    let paths: Vec<PathBuf> =
+        shares.iter().map(|s| dir.join(format!("share-{}-{}.json", s.index, s.custodian))).collect();
+    if let Some(p) = paths.iter().find(|p| p.exists()) {
+        bail!("{} exists: share files are never overwritten", p.display());
+    }
+    // Files first: if the database step fails, the operator deletes them and runs init again; the other
+    // order could leave a seal nobody holds shares for.
+    for (share, path) in shares.iter().zip(&paths) {
+        let passphrase = passphrases.get(&share.custodian).map(|p| p.as_str());
+        share.to_file(passphrase)?.write(path)?;
+    }
+    let custody = app::init_sealed(&store, &mk, &seal_config).await?;
+    drop(mk);
+    let files: Vec<serde_json::Value> = shares
+        .iter()
+        .zip(&paths)
+        .map(|(s, p)| {
+            serde_json::json!({
+                "custodian": s.custodian,
+                "index": s.index,
+                "path": p.display().to_string(),
+                "passphrase": passphrases.contains_key(&s.custodian),
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "custody": custody,
+            "threshold": k,
+            "shares": n,
+            "share_files": files,
+        }))?
+    );
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+async fn unseal(config: &Config, share: &Path, passphrase_env: Option<&str>) -> Result<()> {
+    let file = ShareFile::read(share)?;
+    let passphrase = match passphrase_env {
+        Some(var) => {
+            Some(zeroize::Zeroizing::new(std::env::var(var).with_context(|| format!("environment variable {var}"))?))
+        }
+        None => None,
+    };
+    // Decrypted here, on the custodian's side; only the raw share travels, over the 0600 socket.
+    let raw = file.open(passphrase.as_ref().map(|p| p.as_str()))?;
+    let remote = RemoteSigner::new(&config.signer_socket());
+    print_signer_reply(remote.unseal(&raw).await)
+}
+
+/// Prints the signer's answer as JSON; a refusal or an unreachable signer exits with status 1.
+fn print_signer_reply(reply: std::result::Result<SealStatus, RemoteError>) -> Result<()> {
+    match reply {
+        Ok(status) => {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Err(e) => {
+            let (kind, message) = match &e {
+                RemoteError::Remote(w) => (w.kind.clone(), w.message.clone()),
+                RemoteError::Unreachable { .. } => ("unreachable".to_string(), e.to_string()),
+                RemoteError::Protocol(_) => ("protocol".to_string(), e.to_string()),
+            };
+            println!("{}", serde_json::json!({"error": {"kind": kind, "message": message}}));
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn signer_serve(config: Config) -> Result<()> {
+    let store = Store::connect(&config.database_url).await?;
+    let service = std::sync::Arc::new(
+        kinko_signer::server::SignerService::new(store, vec![app::HOT_KEY_ID.to_string()])
+            .await
+            .context("starting the signer")?
+            .with_routine_policy(config.signer.routine_policy()?),
+    );
+    let path = config.signer_socket();
+    let listener =
+        kinko_signer::server::bind(&path).with_context(|| format!("binding the signer socket {}", path.display()))?;
+    eprintln!("kinko signer listening on {} (sealed: unseal with `kinko unseal --share FILE`)", path.display());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(kinko_signer::server::serve(service.clone(), listener, path, stop_rx));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    service.seal().await;
+    let _ = server.await;
     Ok(())
 }
 
 async fn serve(config: Config) -> Result<()> {
     warn_if_dev(&config);
-    let kek = app::load_kek(&config)?;
-    let running = app::start(config, &kek).await?;
-    drop(kek);
+    let dev = if config.signer.mode == kinko_server::config::SignerMode::Local {
+        Some(app::load_kek(&config)?)
+    } else {
+        None
+    };
+    let running = app::start_with(config, dev.as_ref()).await?;
+    drop(dev);
     tracing::info!(listen = %running.listen, hot_wallet = %running.state.hot_wallet, "kinko is serving");
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -172,13 +399,13 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, eth_rpc: String, block_time:
     }
 
     let result = async {
-        let kek = app::load_kek(&config)?;
+        let dev = app::load_kek(&config)?;
         let store = Store::connect(&config.database_url).await?;
-        let custody = app::init(&store, &kek).await?;
+        let custody = app::init(&store, &dev).await?;
         app::dev_fund(&store, &eth_rpc, &custody.hot_wallet).await?;
         store.close().await;
-        let running = app::start(config, &kek).await?;
-        drop(kek);
+        let running = app::start(config, &dev).await?;
+        drop(dev);
         println!("kinko dev is running");
         println!("  API:          http://{}", running.listen);
         println!("  OpenAPI:      http://{}/openapi.json", running.listen);

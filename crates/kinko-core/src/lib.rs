@@ -6,6 +6,7 @@ pub mod amount;
 pub mod asset;
 pub mod deposit;
 pub mod intent;
+pub mod key_lifecycle;
 pub mod ledger;
 pub mod reorg;
 pub mod withdrawal;

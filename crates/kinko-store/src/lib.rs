@@ -8,8 +8,11 @@
 pub mod customers;
 pub mod deposit_detection;
 pub mod deposits;
+pub mod kek_rotation;
+pub mod key_lifecycle;
 pub mod ledger;
 pub mod pipeline;
+pub mod seal_records;
 pub mod signer_records;
 pub mod testing;
 pub mod withdrawal_requests;

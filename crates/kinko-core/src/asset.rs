@@ -73,6 +73,9 @@ impl<'de> Deserialize<'de> for AssetCode {
 pub enum AssetKind {
     /// The chain's native coin (ETH on an EVM chain).
     EvmNative { chain_id: ChainId },
+    /// An ERC-20 token: moved by a `transfer(address,uint256)` call to `contract` (lower-case 0x-hex),
+    /// which is also what the signer checks a token payload against (K20).
+    Erc20 { chain_id: ChainId, contract: String },
 }
 
 /// One supported asset.
@@ -95,5 +98,14 @@ mod tests {
         for bad in ["", "E", "eth", "1ETH", "ETH-X", "ABCDEFGHIJKLM"] {
             assert_eq!(bad.parse::<AssetCode>(), Err(AssetError::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn asset_kinds_serialise_with_a_kind_tag() {
+        let usdc =
+            AssetKind::Erc20 { chain_id: ChainId(1), contract: "0x00000000000000000000000000000000000000cc".into() };
+        let json = serde_json::to_value(&usdc).unwrap();
+        assert_eq!(json["kind"], "erc20");
+        assert_eq!(serde_json::from_value::<AssetKind>(json).unwrap(), usdc);
     }
 }

@@ -1,9 +1,13 @@
 //! The signer's own view of an EVM payload: decode it (alloy-consensus, independent of whichever builder
 //! made it), compare every value-moving field with the intent, and judge fee bumps (K20, O5).
 
+use std::collections::BTreeMap;
+
 use alloy_consensus::{SignableTransaction, TxEip1559};
-use alloy_primitives::{TxKind, U256};
+use alloy_primitives::{Address, TxKind, U256};
 use alloy_rlp::Decodable;
+use alloy_sol_types::{SolCall, sol};
+use kinko_core::asset::{AssetKind, AssetSpec};
 use kinko_core::intent::Intent;
 
 use crate::SignerError;
@@ -47,11 +51,172 @@ pub struct EvmPolicy {
     /// The asset code of the chain's native coin (the only asset a call-data-free transfer can move).
     pub native_asset: String,
     pub fee_wei_max: u128,
+    /// Asset code → its ERC-20 contract on this chain. The signer's own map, not the caller's: a token
+    /// intent is only signed as a `transfer` call to exactly this contract.
+    pub tokens: BTreeMap<String, Address>,
 }
 
 impl Default for EvmPolicy {
     fn default() -> Self {
-        EvmPolicy { native_asset: "ETH".into(), fee_wei_max: FEE_WEI_MAX_DEFAULT }
+        EvmPolicy { native_asset: "ETH".into(), fee_wei_max: FEE_WEI_MAX_DEFAULT, tokens: BTreeMap::new() }
+    }
+}
+
+impl EvmPolicy {
+    /// Adds an ERC-20 asset to the token map; native assets and other chains' tokens are refused so a
+    /// configuration mistake cannot map one chain's code to another chain's contract.
+    pub fn add_token(&mut self, chain_id: u64, spec: &AssetSpec) -> Result<(), SignerError> {
+        match &spec.kind {
+            AssetKind::Erc20 { chain_id: c, contract } if c.0 == chain_id => {
+                let contract: Address = contract.parse().map_err(|_| {
+                    SignerError::Malformed(format!("asset {}: contract {contract:?} is not an address", spec.code))
+                })?;
+                self.tokens.insert(spec.code.to_string(), contract);
+                Ok(())
+            }
+            AssetKind::Erc20 { chain_id: c, .. } => Err(SignerError::Malformed(format!(
+                "asset {} is a token on chain {c}, not on chain {chain_id}",
+                spec.code
+            ))),
+            AssetKind::EvmNative { .. } => {
+                Err(SignerError::Malformed(format!("asset {} is a native coin, not a token", spec.code)))
+            }
+        }
+    }
+}
+
+sol! {
+    // ERC-20: the one call the signer signs, and the ones that hand spending power to someone else.
+    function transfer(address to, uint256 amount) returns (bool);
+    function approve(address spender, uint256 amount) returns (bool);
+    function transferFrom(address from, address to, uint256 amount) returns (bool);
+    function increaseAllowance(address spender, uint256 addedValue) returns (bool);
+    function decreaseAllowance(address spender, uint256 subtractedValue) returns (bool);
+    function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s);
+    function setApprovalForAll(address operator, bool approved);
+    // Safe (Gnosis) multisig: `operation` is Enum.Operation { Call, DelegateCall }. The Bybit loss was a
+    // Safe transaction whose operation was delegatecall into a contract that rewrote the Safe's master copy.
+    function execTransaction(
+        address to,
+        uint256 value,
+        bytes data,
+        uint8 operation,
+        uint256 safeTxGas,
+        uint256 baseGas,
+        uint256 gasPrice,
+        address gasToken,
+        address refundReceiver,
+        bytes signatures
+    ) returns (bool success);
+    // Proxy upgrades (UUPS / transparent): replace the code behind the address.
+    function upgradeTo(address newImplementation);
+    function upgradeToAndCall(address newImplementation, bytes data);
+    // Ownership and multisig control.
+    function transferOwnership(address newOwner);
+    function renounceOwnership();
+    function addOwnerWithThreshold(address owner, uint256 _threshold);
+    function removeOwner(address prevOwner, address owner, uint256 _threshold);
+    function swapOwner(address prevOwner, address oldOwner, address newOwner);
+    function changeThreshold(uint256 _threshold);
+    function enableModule(address module);
+    function disableModule(address prevModule, address module);
+    function setGuard(address guard);
+    function setFallbackHandler(address handler);
+}
+
+/// Safe's `Enum.Operation.DelegateCall`.
+pub const SAFE_OPERATION_DELEGATECALL: u8 = 1;
+/// A plain ERC-20 transfer: selector + two 32-byte words.
+pub const ERC20_TRANSFER_CALLDATA_LEN: usize = 4 + 32 + 32;
+
+/// What the call data of a transaction does, as far as the signer is willing to sign it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EvmCall {
+    /// No call data: a plain native transfer (or a call to a contract's receive function).
+    None,
+    /// ERC-20 `transfer(recipient, amount)`, canonically encoded.
+    Erc20Transfer { recipient: Address, amount: U256 },
+}
+
+fn refused_call(selector: [u8; 4], name: &str, why: &str) -> SignerError {
+    SignerError::Refused(format!("{name} (0x{}) {why}", hex::encode(selector)))
+}
+
+/// Decodes call data with alloy's ABI decoder and refuses every class but a plain ERC-20 transfer,
+/// naming what it is: the operator reading the refusal must see "approve" or "delegatecall", not
+/// "bad payload" (O5).
+pub fn classify_calldata(input: &[u8]) -> Result<EvmCall, SignerError> {
+    if input.is_empty() {
+        return Ok(EvmCall::None);
+    }
+    let Some(selector) = input.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok()) else {
+        return Err(SignerError::Refused(format!(
+            "call data of {} bytes is shorter than a function selector",
+            input.len()
+        )));
+    };
+    const ALLOWANCE: &str = "grants another address power to spend the wallet's tokens; never signed";
+    const THIRD_PARTY: &str = "moves tokens through an allowance; the hot wallet only sends its own";
+    const UPGRADE: &str = "is a proxy upgrade: it replaces the contract's code; never signed";
+    const CONTROL: &str = "changes who controls the contract (owners, threshold, modules, guard); never signed";
+    match selector {
+        transferCall::SELECTOR => {
+            if input.len() != ERC20_TRANSFER_CALLDATA_LEN {
+                return Err(SignerError::Refused(format!(
+                    "ERC-20 transfer (0xa9059cbb) call data is {} bytes, a plain transfer is exactly \
+                     {ERC20_TRANSFER_CALLDATA_LEN}",
+                    input.len()
+                )));
+            }
+            // Validation rejects an address word with non-zero padding: such bytes could be read two ways.
+            let call = transferCall::abi_decode_validate(input).map_err(|e| {
+                SignerError::Refused(format!("ERC-20 transfer (0xa9059cbb) call data is not canonical ABI: {e}"))
+            })?;
+            if call.abi_encode() != input {
+                return Err(SignerError::Refused("ERC-20 transfer (0xa9059cbb) call data is not canonical ABI".into()));
+            }
+            Ok(EvmCall::Erc20Transfer { recipient: call.to, amount: call.amount })
+        }
+        execTransactionCall::SELECTOR => Err(match execTransactionCall::abi_decode(input) {
+            Ok(exec) if exec.operation == SAFE_OPERATION_DELEGATECALL => refused_call(
+                selector,
+                "Safe execTransaction",
+                &format!(
+                    "with operation = delegatecall to {:#x}: it runs foreign code with the Safe's own storage \
+                     and can rewrite its owners or master copy; never signed",
+                    exec.to
+                ),
+            ),
+            Ok(exec) => refused_call(
+                selector,
+                "Safe execTransaction",
+                &format!("with operation = call to {:#x}: no intent class allows Safe transactions", exec.to),
+            ),
+            Err(_) => refused_call(selector, "Safe execTransaction", "that does not decode; never signed"),
+        }),
+        approveCall::SELECTOR => Err(refused_call(selector, "ERC-20 approve", ALLOWANCE)),
+        increaseAllowanceCall::SELECTOR => Err(refused_call(selector, "ERC-20 increaseAllowance", ALLOWANCE)),
+        decreaseAllowanceCall::SELECTOR => Err(refused_call(selector, "ERC-20 decreaseAllowance", ALLOWANCE)),
+        permitCall::SELECTOR => Err(refused_call(selector, "ERC-2612 permit", ALLOWANCE)),
+        setApprovalForAllCall::SELECTOR => Err(refused_call(selector, "setApprovalForAll", ALLOWANCE)),
+        transferFromCall::SELECTOR => Err(refused_call(selector, "ERC-20 transferFrom", THIRD_PARTY)),
+        upgradeToCall::SELECTOR => Err(refused_call(selector, "upgradeTo", UPGRADE)),
+        upgradeToAndCallCall::SELECTOR => Err(refused_call(selector, "upgradeToAndCall", UPGRADE)),
+        transferOwnershipCall::SELECTOR => Err(refused_call(selector, "transferOwnership", CONTROL)),
+        renounceOwnershipCall::SELECTOR => Err(refused_call(selector, "renounceOwnership", CONTROL)),
+        addOwnerWithThresholdCall::SELECTOR => Err(refused_call(selector, "Safe addOwnerWithThreshold", CONTROL)),
+        removeOwnerCall::SELECTOR => Err(refused_call(selector, "Safe removeOwner", CONTROL)),
+        swapOwnerCall::SELECTOR => Err(refused_call(selector, "Safe swapOwner", CONTROL)),
+        changeThresholdCall::SELECTOR => Err(refused_call(selector, "Safe changeThreshold", CONTROL)),
+        enableModuleCall::SELECTOR => Err(refused_call(selector, "Safe enableModule", CONTROL)),
+        disableModuleCall::SELECTOR => Err(refused_call(selector, "Safe disableModule", CONTROL)),
+        setGuardCall::SELECTOR => Err(refused_call(selector, "Safe setGuard", CONTROL)),
+        setFallbackHandlerCall::SELECTOR => Err(refused_call(selector, "Safe setFallbackHandler", CONTROL)),
+        _ => Err(SignerError::Refused(format!(
+            "unrecognised calldata 0x{} ({} bytes): only plain native and ERC-20 transfers are signed",
+            hex::encode(selector),
+            input.len()
+        ))),
     }
 }
 
@@ -60,7 +225,7 @@ fn mismatch(field: &'static str, expected: impl ToString, actual: impl ToString)
 }
 
 /// Compares the decoded transaction with the request, the intent and the key's address. Every field
-/// that moves value is checked; anything but a plain native transfer is refused.
+/// that moves value is checked; anything but a plain native or ERC-20 transfer is refused.
 pub fn check_against_intent(
     tx: &TxEip1559,
     req_chain_id: u64,
@@ -82,29 +247,54 @@ pub fn check_against_intent(
         return Err(mismatch("source_wallet", &intent.source_wallet, key_address));
     }
     let to = match tx.to {
-        TxKind::Call(to) => format!("{to:#x}"),
+        TxKind::Call(to) => to,
         TxKind::Create => return Err(SignerError::Refused("contract creation is never signed".into())),
     };
-    if !tx.input.is_empty() {
-        let selector = hex::encode(&tx.input[..tx.input.len().min(4)]);
-        // ERC-20 `transfer(address,uint256)` decoding comes with token support; until then any call data
-        // (approve 0x095ea7b3, Safe execTransaction, upgradeTo, …) could move value or control.
-        return Err(SignerError::Refused(format!("call data (selector 0x{selector}) is not a plain native transfer")));
-    }
+    // Before looking at the intent: control-changing call data is refused whatever the intent says.
+    let call = classify_calldata(&tx.input)?;
     if !tx.access_list.is_empty() {
         return Err(SignerError::Refused("a plain transfer carries no access list".into()));
     }
-    if intent.asset.as_str() != policy.native_asset {
-        return Err(SignerError::Refused(format!(
-            "asset {} is not the native coin {} of chain {}; token transfers are not supported yet",
-            intent.asset, policy.native_asset, intent.chain_id
-        )));
-    }
-    if !to.eq_ignore_ascii_case(&intent.destination) {
-        return Err(mismatch("destination", &intent.destination, to));
-    }
-    if tx.value != U256::from(intent.amount.base_units()) {
-        return Err(mismatch("amount", intent.amount, tx.value));
+    if intent.asset.as_str() == policy.native_asset {
+        if call != EvmCall::None {
+            return Err(SignerError::Refused(format!(
+                "intent is a native {} transfer, but the payload calls a contract",
+                policy.native_asset
+            )));
+        }
+        let to = format!("{to:#x}");
+        if !to.eq_ignore_ascii_case(&intent.destination) {
+            return Err(mismatch("destination", &intent.destination, to));
+        }
+        if tx.value != U256::from(intent.amount.base_units()) {
+            return Err(mismatch("amount", intent.amount, tx.value));
+        }
+    } else {
+        let Some(contract) = policy.tokens.get(intent.asset.as_str()) else {
+            return Err(SignerError::Refused(format!(
+                "asset {} is neither the native coin {} nor a token the signer knows on chain {}",
+                intent.asset, policy.native_asset, intent.chain_id
+            )));
+        };
+        if to != *contract {
+            return Err(mismatch("token contract", format!("{contract:#x}"), format!("{to:#x}")));
+        }
+        if !tx.value.is_zero() {
+            return Err(mismatch("native value", 0, tx.value));
+        }
+        let EvmCall::Erc20Transfer { recipient, amount } = call else {
+            return Err(SignerError::Refused(format!(
+                "intent is a {} token transfer, but the payload carries no transfer call",
+                intent.asset
+            )));
+        };
+        let recipient = format!("{recipient:#x}");
+        if !recipient.eq_ignore_ascii_case(&intent.destination) {
+            return Err(mismatch("token recipient", &intent.destination, recipient));
+        }
+        if amount != U256::from(intent.amount.base_units()) {
+            return Err(mismatch("token amount", intent.amount, amount));
+        }
     }
     if tx.max_priority_fee_per_gas > tx.max_fee_per_gas {
         return Err(SignerError::Malformed("max_priority_fee_per_gas is above max_fee_per_gas".into()));

@@ -9,14 +9,20 @@
 //! - write the key access log entry durably before returning; no log, no signature;
 //! - return a low-S signature verified with an independent library; never key material.
 
+pub mod backend;
 pub mod evm;
 pub mod journal;
 pub mod local;
+pub mod pkcs11;
+pub mod remote;
+pub mod seal;
+pub mod server;
 pub mod store_journal;
 pub mod testing;
 
 use serde::{Deserialize, Serialize};
 
+pub use backend::{SecpKey, SoftwareKey};
 pub use journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
 pub use local::LocalSigner;
 pub use store_journal::StoreJournal;

@@ -9,10 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use alloy_primitives::keccak256;
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature as SecpSignature};
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, VerifyOnly};
-use k256::ecdsa::SigningKey;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::backend::{SecpKey, SoftwareKey};
 use crate::evm::{self, EvmPolicy};
 use crate::journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
 use crate::{BoxFuture, EvmSignRequest, Signer, SignerError};
@@ -24,9 +24,9 @@ pub const SLOT_CONFLICT_RETRIES_MAX: usize = 3;
 /// looping, not replacing a stuck transaction.
 pub const SLOT_PAYLOADS_MAX: usize = 32;
 
-/// One unwrapped key. `SigningKey` zeroizes its scalar on drop.
+/// One usable key: unwrapped in memory (zeroized on drop) or held in a PKCS#11 token.
 struct LocalKey {
-    signing: SigningKey,
+    key: Box<dyn SecpKey>,
     public: PublicKey,
     address: String,
 }
@@ -41,6 +41,9 @@ pub struct LocalSigner {
     ring: RwLock<KeyRing>,
     policies: RwLock<HashMap<u64, EvmPolicy>>,
     secp: Secp256k1<VerifyOnly>,
+    /// Consulted before every signature when set (K2, K3): only an active key within its routine
+    /// policy signs. Unset for signers whose keys have no lifecycle record (unit tests).
+    key_gate: std::sync::OnceLock<Arc<dyn kinko_core::key_lifecycle::KeyGate>>,
 }
 
 /// Key ids and addresses only; never key material.
@@ -78,7 +81,14 @@ impl LocalSigner {
             ring: RwLock::new(KeyRing { sealed: false, keys: HashMap::new() }),
             policies: RwLock::new(HashMap::new()),
             secp: Secp256k1::verification_only(),
+            key_gate: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Installs the key-state gate (e.g. `kinko_store::key_lifecycle::StoreKeyGate`). Once only: a gate
+    /// that could be swapped out at run time would be a way around it.
+    pub fn set_key_gate(&self, gate: Arc<dyn kinko_core::key_lifecycle::KeyGate>) -> Result<(), SignerError> {
+        self.key_gate.set(gate).map_err(|_| SignerError::Internal("key gate already set".into()))
     }
 
     /// Sets the policy for one chain (native asset code, fee cap). Chains without one use
@@ -91,11 +101,20 @@ impl LocalSigner {
     /// Adds an unwrapped secp256k1 key; returns its lower-case 0x address. Adding the same key under the
     /// same id again is a no-op; another key under a used id is refused.
     pub fn add_secp256k1_key(&self, key_id: &str, secret: Zeroizing<[u8; 32]>) -> Result<String, SignerError> {
-        let signing = SigningKey::from_slice(&secret[..])
+        let key = SoftwareKey::from_secret(&secret)
             .map_err(|_| SignerError::Malformed(format!("key {key_id:?} is not a valid secp256k1 secret")))?;
-        let point = signing.verifying_key().to_encoded_point(false);
-        let public = PublicKey::from_slice(point.as_bytes())
-            .map_err(|_| SignerError::Internal("public key does not parse in secp256k1".into()))?;
+        self.add_key(key_id, Box::new(key))
+    }
+
+    /// Adds a key held in a PKCS#11 token (K21); it goes through exactly the same checks as a software
+    /// key. The token must stay logged in for the key to sign.
+    pub fn add_pkcs11_key(&self, key_id: &str, key: crate::pkcs11::Pkcs11Key) -> Result<String, SignerError> {
+        self.add_key(key_id, Box::new(key))
+    }
+
+    /// Adds a key from any backend; same id rules as [`Self::add_secp256k1_key`].
+    pub fn add_key(&self, key_id: &str, key: Box<dyn SecpKey>) -> Result<String, SignerError> {
+        let public = key.public_key();
         let address = kinko_keys::hd::evm_address(&public);
         let mut ring = self.ring.write().map_err(|_| poisoned())?;
         if ring.sealed {
@@ -108,7 +127,7 @@ impl LocalSigner {
                 Err(SignerError::Refused(format!("key id {key_id:?} already holds another key")))
             };
         }
-        ring.keys.insert(key_id.to_string(), LocalKey { signing, public, address: address.clone() });
+        ring.keys.insert(key_id.to_string(), LocalKey { key, public, address: address.clone() });
         Ok(address)
     }
 
@@ -144,9 +163,9 @@ impl LocalSigner {
         ring.keys.get(key_id).map(|k| k.address.clone()).ok_or_else(|| SignerError::UnknownKey(key_id.to_string()))
     }
 
-    /// Signs keccak256(payload) (RFC 6979, so the same payload always gives the same signature), makes S
-    /// low, and checks the result with libsecp256k1 (rust-bitcoin) — a second implementation — including
-    /// that it recovers to the key's address.
+    /// Has the key's backend sign keccak256(payload) low-S (software keys use RFC 6979, so the same
+    /// payload always gives the same signature; tokens need not), and checks the result with libsecp256k1
+    /// (rust-bitcoin) — a second implementation — including that it recovers to the key's address.
     fn sign_and_verify(&self, key_id: &str, payload: &[u8]) -> Result<[u8; 65], SignerError> {
         let ring = self.ring.read().map_err(|_| poisoned())?;
         if ring.sealed {
@@ -154,18 +173,10 @@ impl LocalSigner {
         }
         let key = ring.keys.get(key_id).ok_or_else(|| SignerError::UnknownKey(key_id.to_string()))?;
         let hash = keccak256(payload);
-        let (sig, recid) = key
-            .signing
-            .sign_prehash_recoverable(hash.as_slice())
-            .map_err(|_| SignerError::Internal("k256 signing failed".into()))?;
-        // Negating S mirrors R's y coordinate, so the recovery parity flips with it.
-        let (sig, y_odd) = match sig.normalize_s() {
-            Some(low) => (low, !recid.is_y_odd()),
-            None => (sig, recid.is_y_odd()),
-        };
-        let mut out = [0u8; 65];
-        out[..64].copy_from_slice(&sig.to_bytes());
-        out[64] = u8::from(y_odd);
+        let out = key.key.sign_prehash(&hash.0)?;
+        if out[64] > 1 {
+            return Err(SignerError::Internal(format!("{} backend returned a bad recovery id", key.key.backend())));
+        }
 
         let msg = Message::from_digest(hash.0);
         let plain = SecpSignature::from_compact(&out[..64])
@@ -190,6 +201,9 @@ impl LocalSigner {
 
     async fn sign_evm_inner(&self, req: &EvmSignRequest) -> Result<[u8; 65], SignerError> {
         let key_address = self.key_address(&req.key_id)?;
+        if let Some(gate) = self.key_gate.get() {
+            gate.may_sign(&req.key_id, now_ms()).await.map_err(SignerError::Refused)?;
+        }
         let tx = evm::decode_eip1559(&req.payload)?;
         let policy = self.policy(req.chain_id)?;
         evm::check_against_intent(&tx, req.chain_id, req.nonce, &req.intent, &key_address, &policy)?;

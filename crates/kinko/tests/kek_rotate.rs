@@ -1,59 +1,55 @@
-//! KEK rotation killed part-way (K4, issue 3 acceptance): `kinko kek rotate` is SIGKILLed in the middle
-//! of re-wrapping 3000 keys, run again to completion, and then every key unwraps under the new KEK, the
-//! hot key unseals through the real unseal path and signs, and the old KEK is gone.
-//!
-//! The command runs in a child process: this test binary re-executes itself with [`CHILD_ENV`] set, and
-//! the child runs `keys_cli::run_kek` — the very code `kinko kek rotate` dispatches to — so the kill
-//! lands on a real process with a real SQLite file, whatever state `main.rs` wiring is in.
+//! KEK rotation killed part-way (K4, issue 3 acceptance): the real `kinko kek rotate` binary is SIGKILLed
+//! in the middle of re-wrapping 3000 keys, run again to completion, and then every key unwraps under the
+//! new KEK (and under no other), no key was ever under neither KEK, the old KEK is gone, and the hot key
+//! unseals through the real unseal path and signs an EIP-1559 transaction that a real anvil mines.
 
-#[path = "../src/keys_cli.rs"]
-#[allow(dead_code)]
-mod keys_cli;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kinko_chain::anvil::{ACCOUNT0, Anvil};
+use kinko_chain::evm::build::{assemble_signed, native_transfer};
+use kinko_chain::evm::rpc::{EvmRpc, SendOutcome};
+use kinko_chain::evm::{FeeEstimate, NATIVE_TRANSFER_GAS};
+use kinko_core::intent::Intent;
+use kinko_core::{Amount, ChainId};
 use kinko_keys::kek::Kek;
 use kinko_keys::shares::{self, MasterKey, SealConfig};
 use kinko_signer::seal;
+use kinko_signer::{EvmSignRequest, Signer};
 use kinko_store::Store;
 use kinko_store::seal_records::KekRecord;
 use rand::RngCore;
 
-const CHILD_ENV: &str = "KINKO_TEST_KEK_ROTATE_CHILD";
+/// The command's test-only knob: milliseconds of sleep after each committed batch, so the kill lands
+/// part-way (`keys_cli::ROTATE_PAUSE_ENV`).
+const ROTATE_PAUSE_ENV: &str = "KINKO_TEST_KEK_ROTATE_PAUSE_MS";
 const KEYS: usize = 3000;
 const HOT: &str = "eth-hot-1";
 const OLD_KEK: &str = "kek-initial";
+const CHAIN: u64 = 31337;
+const GWEI: u128 = 1_000_000_000;
+const DEST: &str = "0x00000000000000000000000000000000000000cc";
+const SENT_WEI: u128 = 123_456_789;
+const RECEIPT_POLLS_MAX: usize = 100;
 
-/// The child half: runs the rotation when asked to, otherwise does nothing.
-#[test]
-fn child_kek_rotate() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let dir = PathBuf::from(dir);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(keys_cli::run_kek(keys_cli::KekCmd::Rotate {
-        config: dir.join("kinko.toml"),
-        shares: vec![dir.join("alice.share")],
-        actor: "op-alice".into(),
-        reason: "annual KEK rotation".into(),
-        batch: 50,
-    }))
-    .unwrap();
-}
-
-fn run_child(dir: &Path, pause_ms: Option<u64>) -> std::process::Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_kek_rotate", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir)
+/// `kinko kek rotate` as an operator runs it, in its own process.
+fn run_rotate(dir: &Path, pause_ms: Option<u64>) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinko"));
+    cmd.args(["kek", "rotate", "--config"])
+        .arg(dir.join("kinko.toml"))
+        .arg("--share")
+        .arg(dir.join("alice.share"))
+        .args(["--actor", "op-alice", "--reason", "annual KEK rotation", "--batch", "50"])
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     match pause_ms {
-        Some(ms) => cmd.env(keys_cli::ROTATE_PAUSE_ENV, ms.to_string()),
-        None => cmd.env_remove(keys_cli::ROTATE_PAUSE_ENV),
+        Some(ms) => cmd.env(ROTATE_PAUSE_ENV, ms.to_string()),
+        None => cmd.env_remove(ROTATE_PAUSE_ENV),
     };
-    cmd.spawn().unwrap()
+    cmd.spawn().expect("spawn kinko kek rotate")
 }
 
 fn secret() -> [u8; 32] {
@@ -67,10 +63,7 @@ async fn count(store: &Store, sql: &'static str, bind: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn k4_kek_rotation_killed_part_way_resumes_and_destroys_the_old_kek() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
-    }
+async fn k4_kek_rotation_sigkilled_part_way_resumes_every_key_still_signs_and_the_old_kek_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let config = kinko_server::Config::dev_default(
         dir.path().to_path_buf(),
@@ -125,12 +118,23 @@ async fn k4_kek_rotation_killed_part_way_resumes_and_destroys_the_old_kek() {
     let total = rows.len() as i64;
 
     // Run 1: slowed down, killed once some but not all batches are committed.
-    let mut child = run_child(dir.path(), Some(40));
+    let mut child = run_rotate(dir.path(), Some(40));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(Instant::now() < deadline, "rotation never got going");
         assert!(child.try_wait().unwrap().is_none(), "the slowed rotation finished before it could be killed");
         let moved = count(&store, "SELECT COUNT(*) FROM keys WHERE kek_id <> $1", OLD_KEK).await;
+        // No limbo while it runs: every key row names the old KEK or the new one, never neither.
+        if let Some(open) = store.open_kek_rotation().await.unwrap() {
+            let in_limbo =
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM keys WHERE kek_id <> $1 AND kek_id <> $2")
+                    .bind(OLD_KEK)
+                    .bind(&open.new_kek_id)
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(in_limbo, 0, "keys under neither KEK mid-rotation");
+        }
         if moved >= 500 {
             break;
         }
@@ -151,7 +155,7 @@ async fn k4_kek_rotation_killed_part_way_resumes_and_destroys_the_old_kek() {
     assert_eq!(mid.address(HOT).as_deref(), Some(hot_address.as_str()));
 
     // Run 2: resumes the open rotation and finishes.
-    let status = run_child(dir.path(), None).wait().unwrap();
+    let status = run_rotate(dir.path(), None).wait().unwrap();
     assert!(status.success(), "the resumed rotation failed: {status}");
 
     assert!(store.open_kek_rotation().await.unwrap().is_none());
@@ -177,6 +181,54 @@ async fn k4_kek_rotation_killed_part_way_resumes_and_destroys_the_old_kek() {
     // The hot key unseals through the real path after the rotation and matches its address.
     let signer = seal::unlock_signer(&store, &mk, journal, &[HOT.to_string()], Default::default()).await.unwrap();
     assert_eq!(signer.address(HOT).as_deref(), Some(hot_address.as_str()));
+
+    // …and still SIGNS: a real EIP-1559 transfer through the full signer path (intent check, journal,
+    // independent verification), assembled and mined by a real anvil.
+    let anvil = Anvil::spawn(&[]).await.expect("start anvil");
+    anvil.send_eth(ACCOUNT0, &hot_address, 10u128.pow(18)).await.unwrap();
+    let rpc = EvmRpc::new(anvil.url()).unwrap();
+    let fees = FeeEstimate { max_fee_per_gas: 20 * GWEI, max_priority_fee_per_gas: GWEI };
+    let dest = kinko_chain::evm::address::parse_address(DEST).unwrap();
+    let unsigned = native_transfer(CHAIN, 0, dest, SENT_WEI, fees, NATIVE_TRANSFER_GAS);
+    let req = EvmSignRequest {
+        key_id: HOT.into(),
+        chain_id: CHAIN,
+        nonce: 0,
+        payload: unsigned.payload,
+        intent: Intent {
+            id: "k4-after-rotation".into(),
+            asset: "ETH".parse().unwrap(),
+            chain_id: ChainId(CHAIN),
+            amount: Amount::from_base_units(SENT_WEI),
+            destination: DEST.into(),
+            source_wallet: hot_address.clone(),
+            customer_id: "c1".into(),
+            reason: "signs after KEK rotation".into(),
+        },
+        approvals: vec![],
+        actor: "kek-rotate-test".into(),
+        terminal: "kek_rotate.rs".into(),
+    };
+    let sig = signer.sign_evm(&req).await.expect("the re-wrapped hot key signs");
+    let signed = assemble_signed(&req.payload, &sig).unwrap();
+    assert_eq!(rpc.send_raw(&signed.raw).await.unwrap(), SendOutcome::Accepted);
+    let mut receipt = None;
+    for _ in 0..RECEIPT_POLLS_MAX {
+        receipt = rpc.receipt(signed.tx_hash).await.unwrap();
+        if receipt.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let receipt = receipt.expect("anvil mined the transaction signed after the rotation");
+    assert!(receipt.success, "{receipt:?}");
+    assert_eq!(rpc.balance(dest).await.unwrap(), SENT_WEI);
+    let accesses = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM key_access_log WHERE key_id = $1")
+        .bind(HOT)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(accesses, 1, "the signature is in the key access log");
 
     // Both KEK moves are on record with who and why.
     let old_history = store.key_transitions("kek", OLD_KEK).await.unwrap();

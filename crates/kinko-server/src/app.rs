@@ -92,21 +92,47 @@ impl std::fmt::Debug for DevUnseal {
 /// KEK wrapped by the master key, and the seal configuration; publishes the deposit xpub. Dev mode: the
 /// master key is the dev share's. Idempotent: a second run finds and reports what exists.
 pub async fn init(store: &Store, dev: &DevUnseal) -> Result<Custody, AppError> {
+    init_with(store, dev, None).await
+}
+
+/// [`init`], with the hot key generated inside the PKCS#11 token `hot_in_token` when given.
+pub async fn init_with(
+    store: &Store,
+    dev: &DevUnseal,
+    hot_in_token: Option<&crate::config::Pkcs11Config>,
+) -> Result<Custody, AppError> {
     if let Some(custody) = load_custody(store).await? {
         return Ok(custody);
     }
     let shares = std::slice::from_ref(&dev.share);
     let mk = kinko_keys::shares::combine(1, shares).map_err(|e| AppError::Keys(e.to_string()))?;
     let config = SealConfig::new(&mk, 1, shares);
-    init_sealed(store, &mk, &config).await
+    init_sealed_with(store, &mk, &config, hot_in_token).await
 }
 
 /// `init` under a master key that the caller has just split into custodian shares (`config`). The MK
 /// only wraps the KEK here; it is never stored.
 pub async fn init_sealed(store: &Store, mk: &MasterKey, config: &SealConfig) -> Result<Custody, AppError> {
+    init_sealed_with(store, mk, config, None).await
+}
+
+/// [`init_sealed`]; with `hot_in_token`, the hot key is generated inside that PKCS#11 token (K21,
+/// non-extractable, from the token's RNG) instead of derived from the master seed, and its `keys` row
+/// records where it lives instead of a wrapped secret.
+pub async fn init_sealed_with(
+    store: &Store,
+    mk: &MasterKey,
+    config: &SealConfig,
+    hot_in_token: Option<&crate::config::Pkcs11Config>,
+) -> Result<Custody, AppError> {
     if let Some(custody) = load_custody(store).await? {
         return Ok(custody);
     }
+    // The token first: a wrong PIN or a missing token then leaves the database untouched.
+    let token_hot = match hot_in_token {
+        Some(p) => Some(hot_key_in_token(store, p).await?),
+        None => None,
+    };
     let keys = |e: &dyn std::fmt::Display| AppError::Keys(e.to_string());
     let json = serde_json::to_string(config).map_err(|e| keys(&e))?;
     let stored = store.init_seal_config_json(&json).await?;
@@ -143,14 +169,19 @@ pub async fn init_sealed(store: &Store, mk: &MasterKey, config: &SealConfig) -> 
     let (seed, mnemonic) = kinko_keys::seed::MasterSeed::generate();
     let master = seed.to_bip32_master().map_err(|e| keys(&e))?;
     let xpub = kinko_keys::hd::evm_deposit_xpub(&master).map_err(|e| keys(&e))?;
-    let hot_secret = kinko_keys::hd::evm_hot_wallet_secret(&master).map_err(|e| keys(&e))?;
-    let hot_public = bitcoin::secp256k1::SecretKey::from_slice(hot_secret.as_ref())
-        .map_err(|e| keys(&e))?
-        .public_key(&bitcoin::secp256k1::Secp256k1::signing_only());
-    let hot_wallet = kinko_keys::hd::evm_address(&hot_public);
+    let (hot_wallet, hot_stored, hot_kek_id) = match token_hot {
+        None => {
+            let hot_secret = kinko_keys::hd::evm_hot_wallet_secret(&master).map_err(|e| keys(&e))?;
+            let hot_public = bitcoin::secp256k1::SecretKey::from_slice(hot_secret.as_ref())
+                .map_err(|e| keys(&e))?
+                .public_key(&bitcoin::secp256k1::Secp256k1::signing_only());
+            let wrapped_hot = kek.wrap(HOT_KEY_ID, "hot_wallet", hot_secret.as_ref()).map_err(|e| keys(&e))?;
+            (kinko_keys::hd::evm_address(&hot_public), hex::encode(wrapped_hot), kek_id.clone())
+        }
+        Some((address, marker)) => (address, marker, kinko_signer::pkcs11::TOKEN_KEK_ID.to_string()),
+    };
 
     let wrapped_seed = kek.wrap(MASTER_SEED_KEY_ID, "master_seed", mnemonic.as_bytes()).map_err(|e| keys(&e))?;
-    let wrapped_hot = kek.wrap(HOT_KEY_ID, "hot_wallet", hot_secret.as_ref()).map_err(|e| keys(&e))?;
     store
         .insert_key_wrapped_by(
             &KeyRecord {
@@ -172,11 +203,11 @@ pub async fn init_sealed(store: &Store, mk: &MasterKey, config: &SealConfig) -> 
                 purpose: "hot_wallet".into(),
                 chain: ETH_CHAIN.into(),
                 address: hot_wallet.clone(),
-                wrapped_hex: hex::encode(wrapped_hot),
+                wrapped_hex: hot_stored,
                 state: "active".into(),
                 created_at_ms: now,
             },
-            &kek_id,
+            &hot_kek_id,
         )
         .await?;
     store
@@ -185,6 +216,32 @@ pub async fn init_sealed(store: &Store, mk: &MasterKey, config: &SealConfig) -> 
     // Publishing the xpub last makes it the commit point: until it exists, `init` runs again.
     let stored = store.meta_init(META_DEPOSIT_XPUB, &xpub.to_string()).await?;
     Ok(Custody { deposit_xpub: stored, hot_wallet, created: true })
+}
+
+/// Generates the hot key inside the token (or finds the one an interrupted `init` recorded) and returns
+/// its address and the `keys.wrapped` marker. A key already in the token under the configured id that
+/// this database did not record is refused: kinko only vouches for keys it saw generated there.
+async fn hot_key_in_token(store: &Store, p: &crate::config::Pkcs11Config) -> Result<(String, String), AppError> {
+    use kinko_signer::pkcs11::TokenKeyRef;
+    let keys = |e: &dyn std::fmt::Display| AppError::Keys(format!("PKCS#11 hot key: {e}"));
+    let at = TokenKeyRef { token_label: p.token_label.clone(), key_id: p.key_id.clone() };
+    if let Some(row) = store.key(HOT_KEY_ID).await? {
+        if TokenKeyRef::from_marker(&row.wrapped_hex).map_err(|e| keys(&e))?.as_ref() == Some(&at) {
+            return Ok((row.address, row.wrapped_hex));
+        }
+        return Err(keys(&"this database already records another hot key; use a fresh database"));
+    }
+    let login = p.login().map_err(|e| keys(&e))?;
+    let token = login.open().map_err(|e| keys(&e))?;
+    let key = token.generate_secp256k1(&p.key_id).map_err(|e| match e {
+        kinko_signer::pkcs11::Pkcs11Error::KeyExists(id) => keys(&format!(
+            "token {:?} already holds a key with id {id:?} that this database did not record; \
+             set another [signer.pkcs11] key_id",
+            p.token_label
+        )),
+        other => keys(&other),
+    })?;
+    Ok((key.evm_address(), at.marker()))
 }
 
 /// Whether `init` has completed on this store (and what it made).
@@ -249,7 +306,11 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
                 _ => return Err(AppError::Keys("an in-process signer needs dev mode and its dev share".into())),
             };
             let policy = config.signer.routine_policy().map_err(|e| AppError::Keys(e.to_string()))?;
-            Arc::new(unseal_in_process(&store, dev, policy).await?)
+            let pkcs11 = match &config.signer.pkcs11 {
+                Some(p) => Some(p.login().map_err(|e| AppError::Keys(e.to_string()))?),
+                None => None,
+            };
+            Arc::new(unseal_in_process(&store, dev, policy, pkcs11.as_ref()).await?)
         }
     };
 
@@ -346,13 +407,15 @@ async fn unseal_in_process(
     store: &Store,
     dev: &DevUnseal,
     routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
+    pkcs11: Option<&kinko_signer::pkcs11::Pkcs11Login>,
 ) -> Result<LocalSigner, AppError> {
     let keys = |e: &dyn std::fmt::Display| AppError::Keys(e.to_string());
     let mut seal = SealState::load(store).await.map_err(|e| keys(&e))?;
     match seal.submit(dev.share.clone()).map_err(|e| keys(&e))? {
         SubmitOutcome::Unsealed(mk) => {
             let journal = Arc::new(kinko_signer::store_journal::StoreJournal(store.clone()));
-            kinko_signer::seal::unlock_signer(store, &mk, journal, &[HOT_KEY_ID.to_string()], routine_policy)
+            let hot = [HOT_KEY_ID.to_string()];
+            kinko_signer::seal::unlock_signer_with(store, &mk, journal, &hot, routine_policy, pkcs11)
                 .await
                 .map_err(|e| keys(&e))
         }

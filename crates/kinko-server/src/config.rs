@@ -45,6 +45,49 @@ pub struct SignerConfig {
     /// Routine suspension (K3): keys sign only from `[start, end)` o'clock UTC, Monday to Friday.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_hours_utc: Option<[u8; 2]>,
+    /// `[signer.pkcs11]`: the PKCS#11 token that holds the hot key when `kinko init --hot-key-backend
+    /// pkcs11` made it there (K21).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Config>,
+}
+
+/// A PKCS#11 token (K21). The PIN is never in the file: `pin_env` names the environment variable that
+/// holds it (`deny_unknown_fields` rejects a `pin` key).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The token's PKCS#11 library, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module_path: PathBuf,
+    /// The token's label (`CKA_LABEL` of the token, as `softhsm2-util --init-token --label` set it).
+    pub token_label: String,
+    /// Id (`CKA_ID`/`CKA_LABEL`) under which `kinko init` generates the hot key in the token.
+    #[serde(default = "default_pkcs11_key_id")]
+    pub key_id: String,
+    /// Name of the environment variable holding the token's user PIN.
+    #[serde(default = "default_pkcs11_pin_env")]
+    pub pin_env: String,
+}
+
+impl Pkcs11Config {
+    /// The login for this token, with the PIN read from `pin_env` now.
+    pub fn login(&self) -> Result<kinko_signer::pkcs11::Pkcs11Login, ConfigError> {
+        let pin = std::env::var(&self.pin_env).map_err(|_| ConfigError::Invalid {
+            field: "signer.pkcs11.pin_env",
+            reason: format!("environment variable {} (the token's user PIN) is not set", self.pin_env),
+        })?;
+        Ok(kinko_signer::pkcs11::Pkcs11Login {
+            module_path: self.module_path.clone(),
+            token_label: self.token_label.clone(),
+            pin: secrecy::SecretString::from(pin),
+        })
+    }
+}
+
+fn default_pkcs11_key_id() -> String {
+    "kinko-eth-hot-1".into()
+}
+fn default_pkcs11_pin_env() -> String {
+    "KINKO_PKCS11_PIN".into()
 }
 
 impl SignerConfig {
@@ -230,6 +273,17 @@ impl Config {
         if self.pipeline.batch_max == 0 || self.pipeline.batch_max > 1_000 {
             return invalid("pipeline.batch_max", "must be between 1 and 1000");
         }
+        if let Some(p) = &self.signer.pkcs11 {
+            if p.token_label.is_empty() || p.token_label.len() > 32 {
+                return invalid("signer.pkcs11.token_label", "must be 1 to 32 bytes (a PKCS#11 token label)");
+            }
+            if p.key_id.is_empty() || p.key_id.len() > kinko_signer::pkcs11::KEY_ID_LEN_MAX {
+                return invalid("signer.pkcs11.key_id", "must be 1 to 64 bytes");
+            }
+            if p.pin_env.is_empty() || !p.pin_env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return invalid("signer.pkcs11.pin_env", "must name an environment variable (A-Z, 0-9, _)");
+            }
+        }
         Ok(())
     }
 }
@@ -245,6 +299,18 @@ mod tests {
         c.apply_env(|n| (n == "KINKO_ETH_CONFIRMATIONS").then(|| "0".to_string())).unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "ethereum.confirmations", .. })));
         assert!(c.apply_env(|n| (n == "KINKO_LISTEN").then(|| "nope".to_string())).is_err());
+    }
+
+    #[test]
+    fn k21_pkcs11_section_names_the_pin_variable_and_refuses_a_pin() {
+        let text = "module_path = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"kinko\"\n";
+        let p: Pkcs11Config = toml::from_str(text).unwrap();
+        assert_eq!((p.key_id.as_str(), p.pin_env.as_str()), ("kinko-eth-hot-1", "KINKO_PKCS11_PIN"));
+        let with_pin = format!("{text}pin = \"1234\"\n");
+        assert!(toml::from_str::<Pkcs11Config>(&with_pin).is_err(), "a PIN in the file is rejected");
+        let mut c = Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://x:1".into());
+        c.signer.pkcs11 = Some(Pkcs11Config { pin_env: "not a var".into(), ..p });
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "signer.pkcs11.pin_env", .. })));
     }
 
     #[test]

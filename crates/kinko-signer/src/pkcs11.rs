@@ -429,6 +429,54 @@ impl SecpKey for Pkcs11Key {
     }
 }
 
+/// What `keys.wrapped` holds for a key that lives in a token: this prefix and a [`TokenKeyRef`] as JSON.
+/// It names the token and the key and holds no secret; it is never hex, so nothing takes it for a blob.
+pub const TOKEN_MARKER_PREFIX: &str = "pkcs11:";
+/// What `keys.kek_id` holds for a key that lives in a token: no KEK wraps it, so KEK rotation passes it by.
+pub const TOKEN_KEK_ID: &str = "pkcs11-token";
+
+/// Where a token-held key is: the token's label and the key's id in it (`CKA_ID`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyRef {
+    pub token_label: String,
+    pub key_id: String,
+}
+
+impl TokenKeyRef {
+    /// The `keys.wrapped` marker for this key.
+    pub fn marker(&self) -> String {
+        let json = serde_json::json!({ "token_label": self.token_label, "key_id": self.key_id });
+        format!("{TOKEN_MARKER_PREFIX}{json}")
+    }
+
+    /// `None` when `wrapped` is not a token marker (a wrapped blob); an error when it is one but garbled.
+    pub fn from_marker(wrapped: &str) -> Result<Option<TokenKeyRef>, Pkcs11Error> {
+        let Some(json) = wrapped.strip_prefix(TOKEN_MARKER_PREFIX) else { return Ok(None) };
+        let r: TokenKeyRef = serde_json::from_str(json).map_err(|e| Pkcs11Error::BadKey {
+            key_id: String::new(),
+            reason: format!("stored token marker does not parse: {e}"),
+        })?;
+        check_key_id(&r.key_id)?;
+        Ok(Some(r))
+    }
+}
+
+/// How to activate a token: its module, its label and the user PIN. `Debug` never shows the PIN.
+#[derive(Debug)]
+pub struct Pkcs11Login {
+    pub module_path: PathBuf,
+    pub token_label: String,
+    pub pin: SecretString,
+}
+
+impl Pkcs11Login {
+    /// Logs in (activation, K3).
+    pub fn open(&self) -> Result<Pkcs11Token, Pkcs11Error> {
+        Pkcs11Token::open(&self.module_path, &self.token_label, &self.pin)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +497,17 @@ mod tests {
         off_curve[66] ^= 1;
         assert!(parse_ec_point("k", &off_curve).is_err(), "not on the curve");
         assert!(parse_ec_point("k", &[]).is_err());
+    }
+
+    #[test]
+    fn k21_token_marker_round_trips_and_is_never_a_blob() {
+        let r = TokenKeyRef { token_label: "kinko".into(), key_id: "eth-hot-1".into() };
+        let m = r.marker();
+        assert!(m.starts_with(TOKEN_MARKER_PREFIX) && hex::decode(&m).is_err(), "{m}");
+        assert_eq!(TokenKeyRef::from_marker(&m).unwrap(), Some(r));
+        assert_eq!(TokenKeyRef::from_marker("00ff").unwrap(), None);
+        assert!(TokenKeyRef::from_marker("pkcs11:{").is_err());
+        assert!(TokenKeyRef::from_marker(r#"pkcs11:{"token_label":"t","key_id":""}"#).is_err());
     }
 
     #[test]

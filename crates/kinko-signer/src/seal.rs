@@ -211,6 +211,21 @@ pub async fn unlock_signer(
     key_ids: &[String],
     routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
 ) -> Result<LocalSigner, SealError> {
+    unlock_signer_with(store, mk, journal, key_ids, routine_policy, None).await
+}
+
+/// [`unlock_signer`], where keys whose record says they live in a PKCS#11 token (K21) are activated by
+/// logging in to that token with `pkcs11` instead of being unwrapped. The token is logged in once per
+/// unseal and stays logged in while the signer holds its keys; sealing drops them, which logs out.
+pub async fn unlock_signer_with(
+    store: &Store,
+    mk: &MasterKey,
+    journal: Arc<dyn SignerJournal>,
+    key_ids: &[String],
+    routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
+    pkcs11: Option<&crate::pkcs11::Pkcs11Login>,
+) -> Result<LocalSigner, SealError> {
+    let mut token: Option<crate::pkcs11::Pkcs11Token> = None;
     let signer = LocalSigner::new(journal);
     // Only keys in state `active` sign (K2); the routine-suspension policy (K3) is applied at each
     // signature. Every unsealed signer gets the gate, in-process or in the signer process.
@@ -225,6 +240,30 @@ pub async fn unlock_signer(
     for key_id in key_ids {
         let err = |reason: String| SealError::Unwrap { what: format!("key {key_id:?}"), reason };
         let record = store.key(key_id).await?.ok_or_else(|| err("no such key is stored".into()))?;
+        if let Some(at) =
+            crate::pkcs11::TokenKeyRef::from_marker(&record.wrapped_hex).map_err(|e| err(e.to_string()))?
+        {
+            let login = pkcs11.ok_or_else(|| {
+                err(format!("it lives in PKCS#11 token {:?}: configure [signer.pkcs11]", at.token_label))
+            })?;
+            if login.token_label != at.token_label {
+                return Err(err(format!(
+                    "it lives in PKCS#11 token {:?}, but [signer.pkcs11] names token {:?}",
+                    at.token_label, login.token_label
+                )));
+            }
+            if token.is_none() {
+                token = Some(login.open().map_err(|e| err(e.to_string()))?);
+            }
+            let held = token.as_ref().ok_or_else(|| err("token not open".into()))?;
+            let key = held.find_key(&at.key_id).map_err(|e| err(e.to_string()))?;
+            let address = signer.add_pkcs11_key(key_id, key)?;
+            if address != record.address {
+                signer.seal();
+                return Err(err("the token's key does not match its recorded address".into()));
+            }
+            continue;
+        }
         let kek_id = store.key_kek_id(key_id).await?.unwrap_or_default();
         let kek = keks.get(&kek_id).ok_or_else(|| err(format!("its KEK {kek_id:?} is not available")))?;
         let wrapped = hex::decode(&record.wrapped_hex).map_err(|_| err("stored blob is not hex".into()))?;

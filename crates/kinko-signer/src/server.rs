@@ -8,7 +8,8 @@
 //!
 //! Protocol: one JSON object per line (at most [`LINE_LEN_MAX`] bytes), answered by one line:
 //! `{"op":"status"}`, `{"op":"unseal","custodian":…,"index":…,"threshold":…,"share_hex":…}`,
-//! `{"op":"seal"}`, `{"op":"sign_evm","request":{…EvmSignRequest…}}` → `{"ok":…}` or
+//! `{"op":"seal"}`, `{"op":"sign_evm","request":{…EvmSignRequest…}}`,
+//! `{"op":"sign_ed25519","request":{"key_id":…,"message":hex,"actor":…,"terminal":…}}` → `{"ok":…}` or
 //! `{"error":{"kind":…,"message":…,"detail":…}}`. There is no operation that returns key material.
 
 use std::path::{Path, PathBuf};
@@ -56,9 +57,22 @@ impl std::fmt::Debug for WireSecret {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Unseal { custodian: String, index: u8, threshold: u8, share_hex: WireSecret },
+    Unseal {
+        custodian: String,
+        index: u8,
+        threshold: u8,
+        share_hex: WireSecret,
+    },
     Seal,
-    SignEvm { request: Box<EvmSignRequest> },
+    SignEvm {
+        request: Box<EvmSignRequest>,
+    },
+    /// Signs a raw message with an Ed25519 key after logging it durably. Ed25519 intents and chain decoding
+    /// (e.g. Solana) are not built, so this op is for the benchmark beside OpenBao and for future chains;
+    /// it is refused for keys that are not Ed25519 (see [`crate::ed25519`]).
+    SignEd25519 {
+        request: crate::ed25519::Ed25519SignRequest,
+    },
 }
 
 /// An error on the wire. `detail` carries what the client needs to rebuild a typed error.
@@ -114,6 +128,8 @@ pub struct SignerService {
     journal: Arc<dyn SignerJournal>,
     key_ids: Vec<String>,
     routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
+    /// How to activate keys that live in a PKCS#11 token (K21), when there are any.
+    pkcs11: Option<crate::pkcs11::Pkcs11Login>,
     inner: tokio::sync::Mutex<Inner>,
 }
 
@@ -135,6 +151,7 @@ impl SignerService {
             journal,
             key_ids,
             routine_policy: Default::default(),
+            pkcs11: None,
             inner: tokio::sync::Mutex::new(Inner { seal, signer: None, kek: None }),
         })
     }
@@ -142,6 +159,12 @@ impl SignerService {
     /// Routine suspension (K3) applied by every signer this service unseals.
     pub fn with_routine_policy(mut self, policy: kinko_store::key_lifecycle::RoutinePolicy) -> Self {
         self.routine_policy = policy;
+        self
+    }
+
+    /// The token login that activates token-held keys on unseal (K21).
+    pub fn with_pkcs11(mut self, login: Option<crate::pkcs11::Pkcs11Login>) -> Self {
+        self.pkcs11 = login;
         self
     }
 
@@ -156,12 +179,13 @@ impl SignerService {
         if let SubmitOutcome::Unsealed(mk) = outcome {
             let unlocked = async {
                 let (_, kek) = seal::unwrap_active_kek(&self.store, &mk).await?;
-                let signer = seal::unlock_signer(
+                let signer = seal::unlock_signer_with(
                     &self.store,
                     &mk,
                     self.journal.clone(),
                     &self.key_ids,
                     self.routine_policy.clone(),
+                    self.pkcs11.as_ref(),
                 )
                 .await?;
                 Ok::<_, SealError>((kek, signer))
@@ -200,6 +224,19 @@ impl SignerService {
         crate::Signer::sign_evm(&*signer, req).await
     }
 
+    /// See [`Request::SignEd25519`].
+    pub async fn sign_ed25519(&self, req: &crate::ed25519::Ed25519SignRequest) -> Result<[u8; 64], SignerError> {
+        let signer = self.inner.lock().await.signer.clone().ok_or(SignerError::Sealed)?;
+        signer.sign_ed25519(req).await
+    }
+
+    /// Generates an Ed25519 key in the unsealed signer; returns its public key. In-process only (no
+    /// socket op creates keys); the key is gone after a seal (see [`crate::ed25519`]).
+    pub async fn generate_ed25519_key(&self, key_id: &str) -> Result<[u8; 32], SignerError> {
+        let signer = self.inner.lock().await.signer.clone().ok_or(SignerError::Sealed)?;
+        signer.generate_ed25519_key(key_id)
+    }
+
     async fn handle(&self, line: &[u8]) -> Result<Value, WireError> {
         let request: Request = serde_json::from_slice(line)
             .map_err(|e| WireError::new("bad_request", format!("request does not parse: {e}")))?;
@@ -214,6 +251,11 @@ impl SignerService {
             Request::Seal => Ok(json!(self.seal().await)),
             Request::SignEvm { request } => self
                 .sign_evm(&request)
+                .await
+                .map(|sig| json!({"signature": hex::encode(sig)}))
+                .map_err(|e| WireError::from(&e)),
+            Request::SignEd25519 { request } => self
+                .sign_ed25519(&request)
                 .await
                 .map(|sig| json!({"signature": hex::encode(sig)}))
                 .map_err(|e| WireError::from(&e)),

@@ -55,6 +55,10 @@ enum Cmd {
         /// NAME=VAR: protect NAME's share with the passphrase in environment variable VAR (argon2id).
         #[arg(long = "passphrase-env")]
         passphrase_env: Vec<String>,
+        /// Where the hot-wallet key lives: `software` (derived from the master seed, wrapped by the KEK)
+        /// or `pkcs11` (generated non-extractable inside the `[signer.pkcs11]` token, K21).
+        #[arg(long, value_enum, default_value_t = HotKeyBackend::Software)]
+        hot_key_backend: HotKeyBackend,
     },
     /// Send one custodian's share to the signer process (K of N unseal it).
     Unseal {
@@ -102,6 +106,12 @@ enum Cmd {
     ConfigExample,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HotKeyBackend {
+    Software,
+    Pkcs11,
+}
+
 #[derive(Subcommand)]
 enum SignerCmd {
     /// Run the signer process on its Unix socket; it starts sealed.
@@ -138,8 +148,8 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Cmd::Init { config, shares, threshold, share_dir, custodians, passphrase_env } => {
-                let options = InitShares { shares, threshold, share_dir, custodians, passphrase_env };
+            Cmd::Init { config, shares, threshold, share_dir, custodians, passphrase_env, hot_key_backend } => {
+                let options = InitShares { shares, threshold, share_dir, custodians, passphrase_env, hot_key_backend };
                 init(&load_config(&config)?, options).await
             }
             Cmd::Unseal { config, share, passphrase_env } => {
@@ -200,14 +210,25 @@ struct InitShares {
     share_dir: Option<PathBuf>,
     custodians: Vec<String>,
     passphrase_env: Vec<String>,
+    hot_key_backend: HotKeyBackend,
 }
 
 async fn init(config: &Config, options: InitShares) -> Result<()> {
+    let hot_in_token = match options.hot_key_backend {
+        HotKeyBackend::Software => None,
+        HotKeyBackend::Pkcs11 => {
+            Some(config.signer.pkcs11.as_ref().context("--hot-key-backend pkcs11 needs a [signer.pkcs11] section")?)
+        }
+    };
+    // Before any share file is written: without the PIN the token step would fail after them.
+    if let Some(p) = hot_in_token {
+        drop(p.login()?);
+    }
     let store = Store::connect(&config.database_url).await?;
     if config.dev && options.shares.is_none() {
         warn_if_dev(config);
         let dev = app::load_kek(config)?;
-        let custody = app::init(&store, &dev).await?;
+        let custody = app::init_with(&store, &dev, hot_in_token).await?;
         println!("{}", serde_json::to_string_pretty(&custody)?);
         return Ok(());
     }
@@ -253,7 +274,7 @@ async fn init(config: &Config, options: InitShares) -> Result<()> {
         let passphrase = passphrases.get(&share.custodian).map(|p| p.as_str());
         share.to_file(passphrase)?.write(path)?;
     }
-    let custody = app::init_sealed(&store, &mk, &seal_config).await?;
+    let custody = app::init_sealed_with(&store, &mk, &seal_config, hot_in_token).await?;
     drop(mk);
     let files: Vec<serde_json::Value> = shares
         .iter()
@@ -329,7 +350,8 @@ async fn signer_serve(config: Config) -> Result<()> {
         kinko_signer::server::SignerService::new(store, vec![app::HOT_KEY_ID.to_string()])
             .await
             .context("starting the signer")?
-            .with_routine_policy(config.signer.routine_policy()?),
+            .with_routine_policy(config.signer.routine_policy()?)
+            .with_pkcs11(config.signer.pkcs11.as_ref().map(|p| p.login()).transpose()?),
     );
     let path = config.signer_socket();
     let listener =

@@ -6,7 +6,9 @@
 //! - `derive`: public deposit-address derivations per second beside raw BIP32 public derivation.
 //! - `scan`: deposit scanning of M blocks with 1,000,000 watched addresses beside a raw fetch of the same
 //!   blocks from the same node, with RSS.
-//! - `signer`: EIP-1559 signatures per second through the full signer path beside raw k256 signing.
+//! - `signer`: EIP-1559 signatures per second through the full signer path beside raw k256 signing;
+//!   with `--socket` also over the signer process's socket.
+//! - `ed25519`: Ed25519 signatures per second over the signer's socket beside OpenBao's transit engine.
 //!
 //! Run through `scripts/bench`, which builds in release mode and starts a temporary PostgreSQL cluster.
 
@@ -26,6 +28,8 @@ use sqlx::Connection;
 
 mod scan;
 mod signer;
+mod signer_ed25519;
+mod signer_socket;
 
 #[derive(Parser)]
 #[command(name = "kinko-bench", about = "kinko benchmarks (each printed with a ratio to a baseline)")]
@@ -59,6 +63,8 @@ enum Cmd {
     Scan(scan::ScanArgs),
     /// EIP-1559 signatures/s through the full signer path (SQLite and in-memory journals) beside raw k256.
     Signer(signer::SignerArgs),
+    /// Ed25519 signatures/s over the signer's socket beside OpenBao's transit engine (file audit device).
+    Ed25519(signer_ed25519::Ed25519Args),
 }
 
 /// Concurrent posting tasks in the second PostgreSQL measurement, matching `pgbench -c 4`.
@@ -76,6 +82,7 @@ fn main() -> Result<()> {
         Cmd::Derive { count } => derive(count.max(1)),
         Cmd::Scan(args) => scan::run(args),
         Cmd::Signer(args) => signer::run(args),
+        Cmd::Ed25519(args) => signer_ed25519::run(args),
     }
 }
 

@@ -3,8 +3,9 @@
 //! with the durable `StoreJournal` on SQLite (and PostgreSQL when given) and with the in-memory
 //! `MemoryJournal`, beside raw k256 signing of the same transactions' signing hashes in this process.
 //!
-//! TODO(--socket): the same requests over the signer process's socket, and Ed25519 over the socket beside
-//! OpenBao's transit engine, once `kinko signer serve` exists.
+//! With `--socket`, the same kind of requests (new nonces) through the signer process's protocol:
+//! `RemoteSigner` → Unix socket → `SignerService` (sealed store, unsealed with custodian shares, key gate,
+//! `StoreJournal` on SQLite), and through that service in-process, to show what the socket adds.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct SignerArgs {
     /// created and dropped); without it only SQLite and memory are measured.
     #[arg(long, env = "KINKO_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// Also measure the signer process's socket (and the same service in-process).
+    #[arg(long)]
+    socket: bool,
 }
 
 const CHAIN: u64 = 31337;
@@ -46,7 +50,7 @@ const RAW: &str = "raw k256 sign_prehash_recoverable (precomputed hashes)";
 pub fn run(args: SignerArgs) -> Result<()> {
     let count = args.count.clamp(1, COUNT_MAX);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run_async(count, args.postgres_url))
+    rt.block_on(run_async(count, args.postgres_url, args.socket))
 }
 
 /// The hot-wallet secret of the well-known test mnemonic: the benchmark needs a key, not a secret.
@@ -57,14 +61,20 @@ fn bench_secret() -> Result<Zeroizing<[u8; 32]>> {
 
 /// `count` native transfers from `source`, nonces 0.., each with its own intent: what the pipeline sends.
 fn requests(count: u32, source: &str) -> Result<Vec<EvmSignRequest>> {
+    requests_for(KEY_ID, 0, count, source)
+}
+
+/// `count` native transfers by `key_id` from `source`, nonces `first_nonce`...
+fn requests_for(key_id: &str, first_nonce: u64, count: u32, source: &str) -> Result<Vec<EvmSignRequest>> {
     let destination = "0x00000000000000000000000000000000000000aa";
     let to: Address = destination.parse()?;
     (0..count)
         .map(|i| {
-            let amount = 1_000_000_000_000_000u128 + u128::from(i);
+            let nonce = first_nonce + u64::from(i);
+            let amount = 1_000_000_000_000_000u128 + u128::from(nonce);
             let tx = TxEip1559 {
                 chain_id: CHAIN,
-                nonce: u64::from(i),
+                nonce,
                 gas_limit: 21_000,
                 max_fee_per_gas: 30 * GWEI,
                 max_priority_fee_per_gas: GWEI,
@@ -76,12 +86,12 @@ fn requests(count: u32, source: &str) -> Result<Vec<EvmSignRequest>> {
             let mut payload = Vec::with_capacity(128);
             tx.encode_for_signing(&mut payload);
             Ok(EvmSignRequest {
-                key_id: KEY_ID.into(),
+                key_id: key_id.into(),
                 chain_id: CHAIN,
-                nonce: u64::from(i),
+                nonce,
                 payload,
                 intent: Intent {
-                    id: format!("bench-w{i}"),
+                    id: format!("bench-w{nonce}"),
                     asset: "ETH".parse()?,
                     chain_id: ChainId(CHAIN),
                     amount: Amount::from_base_units(amount),
@@ -111,7 +121,7 @@ async fn full_path(name: &str, journal: Arc<dyn SignerJournal>, count: u32) -> R
     Ok(row)
 }
 
-async fn run_async(count: u32, postgres_url: Option<String>) -> Result<()> {
+async fn run_async(count: u32, postgres_url: Option<String>, socket: bool) -> Result<()> {
     // The baseline: the same transactions' signing hashes, signed by the same library the signer uses.
     let key = SigningKey::from_slice(&bench_secret()?[..])?;
     let probe = LocalSigner::new(Arc::new(MemoryJournal::new()));
@@ -161,7 +171,43 @@ async fn run_async(count: u32, postgres_url: Option<String>) -> Result<()> {
     } else {
         println!("(no --postgres-url: StoreJournal on PostgreSQL not measured)");
     }
-    println!("(--socket: the signer process over its socket is not measured yet)");
+    if socket {
+        socket_rows(count, &mut rows).await?;
+    } else {
+        println!("(no --socket: the signer process over its socket not measured)");
+    }
     print_table("EIP-1559 signatures (one client, each a new nonce)", "per second", &rows, RAW);
+    Ok(())
+}
+
+/// The signer process's protocol over a Unix socket, and the same service called in-process. Each run
+/// takes its own nonces, so every signature is a new journal slot, as in the rows above.
+async fn socket_rows(count: u32, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::signer_socket::{HOT_KEY_ID, SocketSigner};
+    let signer = SocketSigner::start().await?;
+
+    let name = "kinko SignerService in-process (key gate, SQLite)";
+    let reqs = requests_for(HOT_KEY_ID, 0, count, &signer.hot_wallet)?;
+    let start = Instant::now();
+    for req in &reqs {
+        black_box(signer.service.sign_evm(req).await.with_context(|| format!("{name}: nonce {}", req.nonce))?);
+    }
+    rows.push(Row { name: name.into(), ops: count.into(), elapsed: start.elapsed() });
+
+    let name = "kinko RemoteSigner -> Unix socket -> signer process protocol";
+    let reqs = requests_for(HOT_KEY_ID, u64::from(count), count, &signer.hot_wallet)?;
+    let start = Instant::now();
+    for req in &reqs {
+        black_box(signer.remote.sign_evm(req).await.with_context(|| format!("{name}: nonce {}", req.nonce))?);
+    }
+    let row = Row { name: name.into(), ops: count.into(), elapsed: start.elapsed() };
+    eprintln!("  {name} ({}): {} signatures, {:.1}/s", signer.socket.display(), row.ops, row.per_second());
+    rows.push(row);
+
+    // The socket run wrote its journal: check the last slot, as for the in-process rows.
+    let last = SlotKey::evm(HOT_KEY_ID, CHAIN, 2 * u64::from(count) - 1);
+    let recorded = StoreJournal(signer.store.clone()).slot_entries(&last).await?;
+    signer.stop().await?;
+    ensure!(recorded.len() == 1, "the signer process recorded {} payloads for its last nonce", recorded.len());
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! - return a low-S signature verified with an independent library; never key material.
 
 pub mod backend;
+pub mod ed25519;
 pub mod evm;
 pub mod journal;
 pub mod local;

@@ -34,6 +34,8 @@ struct LocalKey {
 struct KeyRing {
     sealed: bool,
     keys: HashMap<String, LocalKey>,
+    /// Ed25519 keys (see [`crate::ed25519`]): a separate map, so an EVM request can never reach one.
+    ed25519: HashMap<String, crate::ed25519::Ed25519Key>,
 }
 
 pub struct LocalSigner {
@@ -78,7 +80,7 @@ impl LocalSigner {
     pub fn new(journal: Arc<dyn SignerJournal>) -> Self {
         LocalSigner {
             journal,
-            ring: RwLock::new(KeyRing { sealed: false, keys: HashMap::new() }),
+            ring: RwLock::new(KeyRing { sealed: false, keys: HashMap::new(), ed25519: HashMap::new() }),
             policies: RwLock::new(HashMap::new()),
             secp: Secp256k1::verification_only(),
             key_gate: std::sync::OnceLock::new(),
@@ -131,6 +133,41 @@ impl LocalSigner {
         Ok(address)
     }
 
+    /// Generates an Ed25519 key in memory from the OS CSPRNG and returns its public key. Never exported,
+    /// not stored: it is gone after a seal (see [`crate::ed25519`]).
+    pub fn generate_ed25519_key(&self, key_id: &str) -> Result<[u8; 32], SignerError> {
+        let mut ring = self.ring.write().map_err(|_| poisoned())?;
+        if ring.sealed {
+            return Err(SignerError::Sealed);
+        }
+        if ring.keys.contains_key(key_id) || ring.ed25519.contains_key(key_id) {
+            return Err(SignerError::Refused(format!("key id {key_id:?} already holds a key")));
+        }
+        let key = crate::ed25519::Ed25519Key::generate();
+        let public = key.public_key();
+        ring.ed25519.insert(key_id.to_string(), key);
+        Ok(public)
+    }
+
+    /// Signs a raw message with an Ed25519 key, after the key access log entry is durable. Ed25519 intents
+    /// and chain decoding are not built: see [`crate::ed25519`] for what this does and does not check.
+    pub async fn sign_ed25519(&self, req: &crate::ed25519::Ed25519SignRequest) -> Result<[u8; 64], SignerError> {
+        crate::ed25519::sign_logged(&*self.journal, req, |message| {
+            let ring = self.ring.read().map_err(|_| poisoned())?;
+            if ring.sealed {
+                return Err(SignerError::Sealed);
+            }
+            match ring.ed25519.get(&req.key_id) {
+                Some(key) => key.sign_verified(message),
+                None if ring.keys.contains_key(&req.key_id) => {
+                    Err(SignerError::Refused(format!("key {:?} is not an Ed25519 key", req.key_id)))
+                }
+                None => Err(SignerError::UnknownKey(req.key_id.clone())),
+            }
+        })
+        .await
+    }
+
     /// The address of a loaded key.
     pub fn address(&self, key_id: &str) -> Option<String> {
         self.ring.read().ok()?.keys.get(key_id).map(|k| k.address.clone())
@@ -145,6 +182,7 @@ impl LocalSigner {
         };
         ring.sealed = true;
         ring.keys.clear();
+        ring.ed25519.clear();
     }
 
     pub fn is_sealed(&self) -> bool {

@@ -72,6 +72,14 @@ impl RemoteSigner {
         serde_json::from_value(v).map_err(|e| RemoteError::Protocol(format!("seal reply: {e}")))
     }
 
+    /// Signs a raw message with an Ed25519 key in the signer process (see [`crate::ed25519`]); returns the
+    /// 64-byte signature, which the signer verified and logged before answering.
+    pub async fn sign_ed25519(&self, req: &crate::ed25519::Ed25519SignRequest) -> Result<[u8; 64], SignerError> {
+        let v = self.call(&Request::SignEd25519 { request: req.clone() }).await.map_err(signer_error)?;
+        let bytes = signature_bytes(&v)?;
+        bytes.try_into().map_err(|_| SignerError::Internal("remote signer: signature is not 64 bytes".into()))
+    }
+
     /// One request, one reply; reconnects and retries on a broken connection (see [`ATTEMPTS_MAX`]).
     pub async fn call(&self, request: &Request) -> Result<Value, RemoteError> {
         let line = zeroize::Zeroizing::new(
@@ -176,16 +184,19 @@ fn signer_error(e: RemoteError) -> SignerError {
     }
 }
 
+fn signature_bytes(reply: &Value) -> Result<Vec<u8>, SignerError> {
+    let hex_sig = reply
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or_else(|| SignerError::Internal("remote signer: reply without a signature".into()))?;
+    hex::decode(hex_sig).map_err(|_| SignerError::Internal("remote signer: signature is not hex".into()))
+}
+
 impl Signer for RemoteSigner {
     fn sign_evm<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
         Box::pin(async move {
             let v = self.call(&Request::SignEvm { request: Box::new(req.clone()) }).await.map_err(signer_error)?;
-            let hex_sig = v
-                .get("signature")
-                .and_then(Value::as_str)
-                .ok_or_else(|| SignerError::Internal("remote signer: reply without a signature".into()))?;
-            let bytes = hex::decode(hex_sig)
-                .map_err(|_| SignerError::Internal("remote signer: signature is not hex".into()))?;
+            let bytes = signature_bytes(&v)?;
             bytes.try_into().map_err(|_| SignerError::Internal("remote signer: signature is not 65 bytes".into()))
         })
     }

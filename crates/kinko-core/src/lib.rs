@@ -8,6 +8,8 @@ pub mod deposit;
 pub mod intent;
 pub mod key_lifecycle;
 pub mod ledger;
+pub mod operators;
+pub mod policy;
 pub mod reorg;
 pub mod withdrawal;
 

@@ -9,6 +9,7 @@
 //! - write the key access log entry durably before returning; no log, no signature;
 //! - return a low-S signature verified with an independent library; never key material.
 
+pub mod approvals;
 pub mod backend;
 pub mod ed25519;
 pub mod evm;

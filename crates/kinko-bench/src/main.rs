@@ -333,6 +333,7 @@ fn time(count: u32, mut f: impl FnMut(u32)) -> Duration {
 mod tests {
     use super::*;
 
+    /// Benchmark tooling (issue #2 benchmarks): the pgbench baseline is read correctly.
     #[test]
     fn pgbench_output_is_parsed() {
         let out = "number of transactions actually processed: 4242\nlatency average = 2.3 ms\ntps = 424.251000 (without initial connection time)\n";
@@ -341,6 +342,7 @@ mod tests {
         assert_eq!(parse_tps("nothing"), None);
     }
 
+    /// Benchmark tooling (issue #2 benchmarks): the CLI definition is consistent.
     #[test]
     fn cli_parses() {
         use clap::CommandFactory;

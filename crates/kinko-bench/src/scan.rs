@@ -346,6 +346,7 @@ fn mib(kib: Option<u64>) -> String {
 mod tests {
     use super::*;
 
+    /// Benchmark tooling (issue #2 scan benchmark): RSS is read from /proc correctly.
     #[test]
     fn proc_status_is_parsed() {
         let status = "Name:\tkinko-bench\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
@@ -355,6 +356,7 @@ mod tests {
         assert_eq!(mib(Some(2048)), "2.0");
     }
 
+    /// Benchmark tooling (M6 scan benchmark): 1,000,000 distinct watched addresses.
     #[test]
     fn bench_addresses_are_distinct() {
         assert_ne!(watched_address(0), watched_address(1));

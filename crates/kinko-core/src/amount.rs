@@ -135,6 +135,7 @@ mod tests {
         assert_eq!(Amount::parse_positive("0"), Err(AmountError::Zero));
     }
 
+    /// A3: decimals are for display only; amounts stay integers in base units.
     #[test]
     fn amounts_display_with_decimals_for_humans_only() {
         assert_eq!(Amount(1_500_000_000_000_000_000).display_with_decimals(18), "1.5");
@@ -143,6 +144,7 @@ mod tests {
         assert_eq!(Amount(12).display_with_decimals(0), "12");
     }
 
+    /// A3: amounts travel as decimal strings, never JSON numbers.
     #[test]
     fn amounts_serialize_as_strings() {
         let json = serde_json::to_string(&Amount(u128::MAX)).unwrap();
@@ -150,6 +152,7 @@ mod tests {
         assert!(serde_json::from_str::<Amount>("1").is_err(), "JSON numbers are refused");
     }
 
+    /// A3: balance arithmetic never wraps.
     #[test]
     fn checked_arithmetic_never_wraps() {
         assert_eq!(Amount(u128::MAX).checked_add(Amount(1)), Err(AmountError::Overflow));

@@ -91,6 +91,7 @@ pub struct AssetSpec {
 mod tests {
     use super::*;
 
+    /// M8: asset codes from input are validated.
     #[test]
     fn asset_codes_are_validated() {
         assert!("ETH".parse::<AssetCode>().is_ok());
@@ -100,6 +101,7 @@ mod tests {
         }
     }
 
+    /// C1, M8: asset kinds (native, ERC-20) round-trip with an explicit tag.
     #[test]
     fn asset_kinds_serialise_with_a_kind_tag() {
         let usdc =

@@ -774,6 +774,7 @@ mod tests {
         assert!(matches!(r.compare_stored(stored.iter()), Err(VerifyError::BalanceMismatch { .. })));
     }
 
+    /// A3, M8: malformed postings are rejected before anything is written.
     #[test]
     fn entries_reject_malformed_drafts() {
         let l = Ledger::new();
@@ -802,6 +803,7 @@ mod tests {
         assert_eq!(check_entry(l.balances(), &bad_ref), Err(LedgerError::BadReference));
     }
 
+    /// A2, M8: account names round-trip exactly, so stored balances map to one account.
     #[test]
     fn account_refs_round_trip_through_text() {
         let a = AccountRef::customer(AccountKind::Available, "c_1", &eth());

@@ -107,6 +107,7 @@ mod tests {
         assert_eq!(w.accept(&h(7, 0)), Accept::NotNext { expected: 4 });
     }
 
+    /// C2: the re-org window is bounded; a deeper re-org fails closed.
     #[test]
     fn window_is_bounded_and_too_deep_fails_closed() {
         let mut w = BlockWindow::default();

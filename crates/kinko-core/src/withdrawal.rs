@@ -132,6 +132,7 @@ mod tests {
         assert!(Signing.can_become(Signed));
     }
 
+    /// M13: persisted withdrawal statuses read back as the same state.
     #[test]
     fn statuses_round_trip() {
         for s in WithdrawalStatus::ALL {

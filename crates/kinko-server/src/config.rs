@@ -292,6 +292,7 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// C2: configuration is validated (confirmations within the re-org window) and env overrides are checked.
     #[test]
     fn env_overrides_and_validation() {
         let mut c =
@@ -313,6 +314,7 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "signer.pkcs11.pin_env", .. })));
     }
 
+    /// M1: the documented dev configuration is valid TOML that loads back unchanged.
     #[test]
     fn dev_config_round_trips_through_toml() {
         let c = Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());

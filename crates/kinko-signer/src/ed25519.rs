@@ -192,6 +192,7 @@ mod tests {
         assert!(matches!(got, Err(SignerError::JournalUnavailable(_))), "{got:?}");
     }
 
+    /// K20, K3: the Ed25519 op refuses other key types, unknown keys and a sealed signer.
     #[tokio::test]
     async fn ed25519_refused_for_other_key_types_unknown_keys_and_when_sealed() {
         let journal = Arc::new(MemoryJournal::new());

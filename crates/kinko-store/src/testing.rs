@@ -162,6 +162,7 @@ fn with_database(url: &str, database: &str) -> String {
 mod tests {
     use super::with_database;
 
+    /// Test tooling (no requirement): each PostgreSQL test store gets its own database.
     #[test]
     fn database_name_is_replaced_and_query_kept() {
         assert_eq!(with_database("postgres://kinko@127.0.0.1:5/postgres", "t_1"), "postgres://kinko@127.0.0.1:5/t_1");

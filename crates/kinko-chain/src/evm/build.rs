@@ -172,6 +172,7 @@ mod tests {
         assert!(matches!(assemble_signed(&u.payload, &bytes), Err(BuildError::BadParity(27))));
     }
 
+    /// M9a, K20: payloads that do not decode as EIP-1559 are refused, never guessed at.
     #[test]
     fn malformed_payloads_are_refused() {
         assert!(matches!(decode_unsigned(&[]), Err(BuildError::NotEip1559)));

@@ -263,6 +263,7 @@ impl EvmRpc {
 mod tests {
     use super::*;
 
+    /// C9, L1: node URLs (which may carry API keys) never appear in errors or logs.
     #[test]
     fn urls_are_redacted_from_errors() {
         let m = redact_url("error sending request for url (https://eth.example/v2/SECRETKEY) refused");

@@ -111,6 +111,7 @@ mod tests {
         assert!(check_fields(&serde_json::json!([1]), &["a"]).is_err());
     }
 
+    /// M1, U7: only JSON bodies are accepted by the API.
     #[test]
     fn content_types() {
         let ok = |s: &'static str| check_content_type(Some(&header::HeaderValue::from_static(s))).is_ok();

@@ -8,6 +8,7 @@ pub mod deposit;
 pub mod intent;
 pub mod key_lifecycle;
 pub mod ledger;
+pub mod operator_registry;
 pub mod operators;
 pub mod policy;
 pub mod reorg;

@@ -37,6 +37,8 @@ pub const APPROVAL_DOMAIN: &[u8] = b"kinko-approval-v1";
 pub const REQUEST_ID_LEN_MAX: usize = 128;
 /// Bound on the grants one operator record may carry (history included), so a registry entry stays small.
 pub const GRANTS_PER_OPERATOR_MAX: usize = 32;
+/// The executor recorded for kinko's own processes, which take effect automatically once approved.
+pub const SYSTEM_EXECUTOR: &str = "system";
 /// Bound on the approvals one request collects: far above any sensible M-of-N, but finite.
 pub const APPROVALS_PER_REQUEST_MAX: usize = 32;
 
@@ -68,6 +70,22 @@ impl Role {
         Role::LogInspector,
         Role::Administrator,
     ];
+
+    /// The byte that names the role in signed encodings (registry changes). Fixed forever.
+    pub fn code(self) -> u8 {
+        match self {
+            Role::OperationsManager => 1,
+            Role::SigningManager => 2,
+            Role::KeyOperator => 3,
+            Role::SigningOperator => 4,
+            Role::LogInspector => 5,
+            Role::Administrator => 6,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -101,11 +119,29 @@ pub enum Process {
     Signing,
     /// 鍵の破棄.
     Destruction,
+    /// kinko's own: registering operators, granting and revoking roles ([`RegistryChange`]).
+    Personnel,
+    /// kinko's own: changing a withdrawal policy (`kinko_core::policy`), including its whitelist (K20, O1).
+    PolicyChange,
+    /// kinko's own: recording a fiat deposit confirmed on the bank account (M10).
+    FiatDeposit,
 }
 
 impl Process {
-    pub const ALL: [Process; 5] =
+    /// Table A-1's five processes.
+    pub const TABLE_A1: [Process; 5] =
         [Process::KeyGeneration, Process::KeyStorage, Process::Activation, Process::Signing, Process::Destruction];
+    /// Every process, Table A-1's and kinko's own.
+    pub const ALL: [Process; 8] = [
+        Process::KeyGeneration,
+        Process::KeyStorage,
+        Process::Activation,
+        Process::Signing,
+        Process::Destruction,
+        Process::Personnel,
+        Process::PolicyChange,
+        Process::FiatDeposit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -114,6 +150,31 @@ impl Process {
             Process::Activation => "activation",
             Process::Signing => "signing",
             Process::Destruction => "destruction",
+            Process::Personnel => "personnel",
+            Process::PolicyChange => "policy_change",
+            Process::FiatDeposit => "fiat_deposit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Process> {
+        Process::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Whether the process is one of Table A-1's (key and signing processes, which an administrator
+    /// may never approve or execute).
+    pub fn in_table_a1(self) -> bool {
+        Process::TABLE_A1.contains(&self)
+    }
+
+    /// The role that may *request* the process. For Table A-1's processes it is the executing role (the
+    /// key operator asks for the key generation it will carry out, and may not approve it); kinko's own
+    /// processes execute automatically once approved, so they name their requester here.
+    pub fn requester_role(self) -> Role {
+        match self {
+            Process::Personnel => Role::Administrator,
+            Process::PolicyChange => Role::OperationsManager,
+            Process::FiatDeposit => Role::SigningOperator,
+            a1 => role_for(a1, Action::Execute).unwrap_or(Role::Administrator),
         }
     }
 
@@ -126,6 +187,9 @@ impl Process {
             Process::Activation => 3,
             Process::Signing => 4,
             Process::Destruction => 5,
+            Process::Personnel => 6,
+            Process::PolicyChange => 7,
+            Process::FiatDeposit => 8,
         }
     }
 }
@@ -198,20 +262,44 @@ pub const TABLE_A1: [(Process, Action, Role); 15] = [
     (Process::Destruction, Action::Inspect, Role::LogInspector),
 ];
 
-/// The one role Table A-1 lists for `action` on `process`.
-pub fn role_for(process: Process, action: Action) -> Role {
-    // TABLE_A1 is total over Process × Action (a test proves it); the fallback is the role nobody
-    // can use for a process, so a gap would refuse rather than allow.
-    TABLE_A1.iter().find(|(p, a, _)| *p == process && *a == action).map(|(_, _, r)| *r).unwrap_or(Role::Administrator)
+/// kinko's own processes, in the same shape as [`TABLE_A1`]. They have no `Execute` row: they take
+/// effect automatically once their quorum is met (a grant, a policy version, a ledger posting), so
+/// nobody can execute them by hand, and an approver is never also the executor.
+///
+/// ```text
+///                     人事 (personnel)   ポリシー変更   法定通貨入金
+/// 管理者 (admin)       承認               -              -
+/// 運用責任者 (OM)      -                  承認           承認
+/// ログ検査者 (LI)      検査               検査           検査
+/// requested by         admin              OM             SO
+/// ```
+pub const KINKO_TABLE: [(Process, Action, Role); 6] = [
+    (Process::Personnel, Action::Approve, Role::Administrator),
+    (Process::Personnel, Action::Inspect, Role::LogInspector),
+    (Process::PolicyChange, Action::Approve, Role::OperationsManager),
+    (Process::PolicyChange, Action::Inspect, Role::LogInspector),
+    (Process::FiatDeposit, Action::Approve, Role::OperationsManager),
+    (Process::FiatDeposit, Action::Inspect, Role::LogInspector),
+];
+
+/// The one role [`TABLE_A1`] or [`KINKO_TABLE`] lists for `action` on `process`; `None` when nobody may
+/// (an automatic `Execute` of kinko's own processes).
+pub fn role_for(process: Process, action: Action) -> Option<Role> {
+    TABLE_A1.iter().chain(KINKO_TABLE.iter()).find(|(p, a, _)| *p == process && *a == action).map(|(_, _, r)| *r)
 }
 
-/// Whether Table A-1 lets `role` perform `action` on `process`.
+/// Whether the tables let `role` perform `action` on `process`. An administrator appears only in the
+/// personnel row, so it can never approve, execute or inspect a key or signing process (K8).
 pub fn role_may(role: Role, process: Process, action: Action) -> bool {
-    role != Role::Administrator && role_for(process, action) == role
+    role_for(process, action) == Some(role)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OperatorError {
+    #[error(
+        "operator {operator:?} may not {action} {process}: nobody does; it takes effect automatically once approved"
+    )]
+    NobodyMay { operator: String, process: Process, action: Action },
     #[error("operator {operator:?} may not {action} {process}: Table A-1 gives that to {required}")]
     RoleNotAllowed { operator: String, process: Process, action: Action, required: Role },
     #[error(
@@ -329,8 +417,10 @@ pub fn authorize(operator: &Operator, process: Process, action: Action, now_ms: 
     }
     // A record that somehow holds two roles (edited storage, a bug in granting) is refused everything.
     operator.validate(now_ms)?;
-    let required = role_for(process, action);
-    if role_may(required, process, action) && operator.active_roles(now_ms).contains(&required) {
+    let Some(required) = role_for(process, action) else {
+        return Err(OperatorError::NobodyMay { operator: operator.id.clone(), process, action });
+    };
+    if operator.active_roles(now_ms).contains(&required) {
         return Ok(());
     }
     let expired =
@@ -379,7 +469,9 @@ impl QuorumPolicy {
                 Err(OperatorError::Invalid { field: "quorum", reason: "exceeds APPROVALS_PER_REQUEST_MAX" })
             }
             QuorumPolicy::AtLeast(m) => Ok(m),
-            QuorumPolicy::NoneRequired if process == Process::Signing => Ok(0),
+            // Signing under the hot wallet's limits is automated (K11's parenthesised approval), and a
+            // fiat deposit under the configured threshold is booked on the bank's confirmation alone.
+            QuorumPolicy::NoneRequired if matches!(process, Process::Signing | Process::FiatDeposit) => Ok(0),
             QuorumPolicy::NoneRequired => Err(OperatorError::NoneRequiredNotAllowed { process }),
         }
     }
@@ -569,6 +661,28 @@ impl Request {
     }
 
     /// executed → inspected, by a log inspector who took no part in the request.
+    /// Approved → executed for kinko's own processes, which nobody executes by hand: the system applies
+    /// them once the quorum (re-counted against `registry` now) is met. Refused for Table A-1's processes,
+    /// which always need a person in the executing role.
+    pub fn execute_automatically(&mut self, registry: &[Operator], now_ms: i64) -> Result<(), OperatorError> {
+        if self.subject.process.in_table_a1() {
+            return Err(OperatorError::Invalid {
+                field: "process",
+                reason: "is a Table A-1 process; a person executes it",
+            });
+        }
+        if self.state != RequestState::Approved {
+            return Err(OperatorError::BadTransition { state: self.state, action: "execute" });
+        }
+        let counted = self.valid_approvals(registry, now_ms);
+        if counted < usize::from(self.required) {
+            return Err(OperatorError::QuorumNotMet { required: self.required, counted });
+        }
+        self.executor = Some(SYSTEM_EXECUTOR.to_owned());
+        self.state = RequestState::Executed;
+        Ok(())
+    }
+
     pub fn inspect(&mut self, inspector: &Operator, now_ms: i64) -> Result<(), OperatorError> {
         if self.state != RequestState::Executed {
             return Err(OperatorError::BadTransition { state: self.state, action: "inspect" });
@@ -584,6 +698,33 @@ impl Request {
         self.state = RequestState::Inspected;
         Ok(())
     }
+}
+
+/// Domain tag of [`request_intent_hash`].
+pub const OPS_REQUEST_DOMAIN: &[u8] = b"kinko-ops-request-v1";
+
+/// The intent hash of an operator request that is not a withdrawal or a registry change (a key process, a
+/// policy change, a fiat deposit): SHA-256 over
+///
+/// ```text
+/// b"kinko-ops-request-v1" || process code (1 byte) || u32 BE length || request id
+///                        || u32 BE length || kind || u32 BE length || params as canonical JSON
+/// ```
+///
+/// Canonical JSON is `serde_json`'s compact encoding of a [`serde_json::Value`], whose objects keep their keys
+/// sorted; the approver's terminal recomputes this from the parameters it shows the operator, so what is
+/// signed is what was shown, never a hash the server supplied.
+pub fn request_intent_hash(process: Process, request_id: &str, kind: &str, params: &serde_json::Value) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let params = serde_json::to_vec(params).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(OPS_REQUEST_DOMAIN);
+    h.update([process.code()]);
+    for part in [request_id.as_bytes(), kind.as_bytes(), params.as_slice()] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]
@@ -620,7 +761,7 @@ mod tests {
         let mut allowed = 0;
         for role in Role::ALL {
             let operator = op("alice", role);
-            for process in Process::ALL {
+            for process in Process::TABLE_A1 {
                 for action in Action::ALL {
                     let want = expected(role, process, action);
                     assert_eq!(role_may(role, process, action), want, "{role} {action} {process}");
@@ -635,10 +776,10 @@ mod tests {
         }
         // 5 processes × 3 actions, one role each; the administrator has none.
         assert_eq!(allowed, 15);
-        for process in Process::ALL {
+        for process in Process::TABLE_A1 {
             for action in Action::ALL {
                 assert_eq!(TABLE_A1.iter().filter(|(p, a, _)| *p == process && *a == action).count(), 1);
-                assert_ne!(role_for(process, action), Role::Administrator);
+                assert_ne!(role_for(process, action), Some(Role::Administrator));
             }
         }
     }
@@ -747,6 +888,54 @@ mod tests {
     }
 
     #[test]
+    fn k8_kinko_processes_admin_approves_personnel_only_and_nobody_executes_them() {
+        for process in [Process::Personnel, Process::PolicyChange, Process::FiatDeposit] {
+            assert!(!process.in_table_a1());
+            for role in Role::ALL {
+                assert!(!role_may(role, process, Action::Execute), "{role} may not execute {process}");
+            }
+            assert!(role_may(Role::LogInspector, process, Action::Inspect));
+        }
+        assert!(role_may(Role::Administrator, Process::Personnel, Action::Approve));
+        for process in Process::TABLE_A1 {
+            for action in Action::ALL {
+                assert!(!role_may(Role::Administrator, process, action), "admin {action} {process}");
+            }
+        }
+        let codes: std::collections::BTreeSet<u8> = Process::ALL.iter().map(|p| p.code()).collect();
+        assert_eq!(codes.len(), Process::ALL.len(), "process codes are distinct");
+        let mut request = Request::new(subject(Process::PolicyChange), "om1", QuorumPolicy::AtLeast(1)).unwrap();
+        let om2 = op("om2", Role::OperationsManager);
+        assert!(matches!(
+            request.execute(&op("so", Role::SigningOperator), std::slice::from_ref(&om2), NOW_MS),
+            Err(OperatorError::BadTransition { .. })
+        ));
+        request.approve(&om2, NOW_MS).unwrap();
+        let got = request.execute(&op("so", Role::SigningOperator), std::slice::from_ref(&om2), NOW_MS);
+        assert!(matches!(got, Err(OperatorError::NobodyMay { .. })), "{got:?}");
+        // A revoked approver no longer counts when the system executes.
+        let mut revoked = om2.clone();
+        revoked.revoked = true;
+        let got = request.clone().execute_automatically(&[revoked], NOW_MS);
+        assert!(matches!(got, Err(OperatorError::QuorumNotMet { .. })), "{got:?}");
+        request.execute_automatically(&[om2], NOW_MS).unwrap();
+        assert_eq!(request.executor.as_deref(), Some(SYSTEM_EXECUTOR));
+    }
+
+    #[test]
+    fn o3_request_intent_hash_binds_every_field_and_ignores_key_order() {
+        let params: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":"x"}"#).unwrap();
+        let reordered: serde_json::Value = serde_json::from_str(r#"{"a":"x","b":1}"#).unwrap();
+        let base = request_intent_hash(Process::Activation, "r1", "key_transition", &params);
+        assert_eq!(base, request_intent_hash(Process::Activation, "r1", "key_transition", &reordered));
+        assert_ne!(base, request_intent_hash(Process::Destruction, "r1", "key_transition", &params));
+        assert_ne!(base, request_intent_hash(Process::Activation, "r2", "key_transition", &params));
+        assert_ne!(base, request_intent_hash(Process::Activation, "r1", "key_transitio", &params));
+        let changed: serde_json::Value = serde_json::from_str(r#"{"b":2,"a":"x"}"#).unwrap();
+        assert_ne!(base, request_intent_hash(Process::Activation, "r1", "key_transition", &changed));
+    }
+
+    #[test]
     fn k12_inspector_who_requested_refused() {
         let mut request = Request::new(subject(Process::Signing), "li", QuorumPolicy::AtLeast(1)).unwrap();
         request.approve(&op("m", Role::SigningManager), NOW_MS).unwrap();
@@ -770,7 +959,7 @@ mod tests {
         for process in Process::ALL {
             assert!(matches!(QuorumPolicy::AtLeast(0).required(process), Err(OperatorError::QuorumZero { .. })));
             let none = QuorumPolicy::NoneRequired.required(process);
-            if process == Process::Signing {
+            if matches!(process, Process::Signing | Process::FiatDeposit) {
                 assert_eq!(none, Ok(0));
             } else {
                 assert!(matches!(none, Err(OperatorError::NoneRequiredNotAllowed { .. })), "{process}");

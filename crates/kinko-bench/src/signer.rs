@@ -111,6 +111,7 @@ fn requests_for(key_id: &str, first_nonce: u64, count: u32, source: &str) -> Res
 async fn full_path(name: &str, journal: Arc<dyn SignerJournal>, count: u32) -> Result<Row> {
     let signer = LocalSigner::new(journal);
     let address = signer.add_secp256k1_key(KEY_ID, bench_secret()?)?;
+    signer.set_quorum(kinko_signer::testing::auto_quorum(KEY_ID, &["ETH"]))?;
     let reqs = requests(count, &address)?;
     let start = Instant::now();
     for req in &reqs {

@@ -36,7 +36,11 @@ impl SocketSigner {
         let custody = kinko_server::app::init_sealed(&store, &mk, &SealConfig::new(&mk, 2, &raw)).await?;
         drop(mk);
 
-        let service = Arc::new(SignerService::new(store.clone(), vec![HOT_KEY_ID.to_string()]).await?);
+        let service = Arc::new(
+            SignerService::new(store.clone(), vec![HOT_KEY_ID.to_string()])
+                .await?
+                .with_quorum(kinko_signer::testing::auto_quorum(HOT_KEY_ID, &["ETH"])),
+        );
         let socket = dir.path().join("signer.sock");
         let listener = server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

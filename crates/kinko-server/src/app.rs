@@ -31,6 +31,9 @@ pub struct AppState {
     pub deposit_xpub: Arc<Xpub>,
     /// The hot wallet's lower-case 0x-hex address.
     pub hot_wallet: String,
+    /// The signer: the authority for operator registry changes (the ops API applies a change to the
+    /// server's copy only after the signer accepted it) and for signing.
+    pub signer: Arc<dyn Signer>,
 }
 
 /// The chain name used in storage for the configured EVM chain.
@@ -310,7 +313,8 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
                 Some(p) => Some(p.login().map_err(|e| AppError::Keys(e.to_string()))?),
                 None => None,
             };
-            Arc::new(unseal_in_process(&store, dev, policy, pkcs11.as_ref()).await?)
+            let quorum = config.signer.signing_quorum().map_err(|e| AppError::Keys(e.to_string()))?;
+            Arc::new(unseal_in_process(&store, dev, policy, pkcs11.as_ref(), quorum).await?)
         }
     };
 
@@ -320,6 +324,7 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         config: config.clone(),
         deposit_xpub: Arc::new(xpub),
         hot_wallet: hot.address.clone(),
+        signer: signer.clone(),
     };
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -408,6 +413,7 @@ async fn unseal_in_process(
     dev: &DevUnseal,
     routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
     pkcs11: Option<&kinko_signer::pkcs11::Pkcs11Login>,
+    quorum: kinko_signer::approvals::SigningQuorum,
 ) -> Result<LocalSigner, AppError> {
     let keys = |e: &dyn std::fmt::Display| AppError::Keys(e.to_string());
     let mut seal = SealState::load(store).await.map_err(|e| keys(&e))?;
@@ -415,9 +421,13 @@ async fn unseal_in_process(
         SubmitOutcome::Unsealed(mk) => {
             let journal = Arc::new(kinko_signer::store_journal::StoreJournal(store.clone()));
             let hot = [HOT_KEY_ID.to_string()];
-            kinko_signer::seal::unlock_signer_with(store, &mk, journal, &hot, routine_policy, pkcs11)
+            let signer = kinko_signer::seal::unlock_signer_with(store, &mk, journal, &hot, routine_policy, pkcs11)
                 .await
-                .map_err(|e| keys(&e))
+                .map_err(|e| keys(&e))?;
+            // The same registry log and quorum rules as the signer process: approvals are verified here too.
+            signer.load_registry().await?;
+            signer.set_quorum(quorum)?;
+            Ok(signer)
         }
         SubmitOutcome::Collecting { .. } => {
             Err(AppError::Keys("the stored seal needs more than the dev share; it is not a dev seal".into()))

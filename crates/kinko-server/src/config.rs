@@ -26,10 +26,16 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub signer: SignerConfig,
+    /// `[[policies]]`: the withdrawal policy of each (wallet, asset) (K11, K20, O1), validated at load. The
+    /// wallet is named by its signing key id (`eth-hot-1` for the hot wallet, [`crate::app::HOT_KEY_ID`]), the
+    /// same name the signer's `[[signer.quorum]]` uses. An approved policy change stored in the database
+    /// overrides the entry here. A withdrawal from a (wallet, asset) with no policy is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<kinko_core::policy::PolicyConfig>,
 }
 
 /// Where signatures come from (S1).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SignerConfig {
     /// `remote`: `kinko serve` asks the signer process (`kinko signer serve`) over `socket_path`.
@@ -49,6 +55,28 @@ pub struct SignerConfig {
     /// pkcs11` made it there (K21).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Config>,
+    /// `[[signer.quorum]]`: how many operator approvals the signer itself demands per (key_id, asset) and
+    /// amount band (K11, O2). A (key, asset) without an entry does not sign. Default: the dev hot key
+    /// `eth-hot-1` signs ETH up to 10 ETH without approval and above that with one signing manager's.
+    #[serde(default = "default_signer_quorum")]
+    pub quorum: Vec<kinko_signer::approvals::SigningQuorumConfig>,
+}
+
+impl Default for SignerConfig {
+    fn default() -> Self {
+        SignerConfig {
+            mode: SignerMode::default(),
+            socket_path: None,
+            signatures_max: None,
+            business_hours_utc: None,
+            pkcs11: None,
+            quorum: default_signer_quorum(),
+        }
+    }
+}
+
+fn default_signer_quorum() -> Vec<kinko_signer::approvals::SigningQuorumConfig> {
+    vec![kinko_signer::approvals::SigningQuorumConfig::dev_default()]
 }
 
 /// A PKCS#11 token (K21). The PIN is never in the file: `pin_env` names the environment variable that
@@ -91,6 +119,12 @@ fn default_pkcs11_pin_env() -> String {
 }
 
 impl SignerConfig {
+    /// The signer's quorum policy, validated (errors name the entry, e.g. `signer.quorum[0].bands[1].approvals`).
+    pub fn signing_quorum(&self) -> Result<kinko_signer::approvals::SigningQuorum, ConfigError> {
+        kinko_signer::approvals::SigningQuorum::from_configs(&self.quorum)
+            .map_err(|e| ConfigError::Invalid { field: "signer.quorum", reason: e.to_string() })
+    }
+
     /// The routine-suspension policy these settings describe.
     pub fn routine_policy(&self) -> Result<kinko_store::key_lifecycle::RoutinePolicy, ConfigError> {
         let business_hours = self
@@ -160,6 +194,39 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Dev and test default: the hot wallet's ETH policy keeps ordinary withdrawals automatic (hot_small, one
+/// quorum band of 1 of 2). Above 10 ETH a withdrawal needs one operator's approval, matching the signer's dev
+/// `[[signer.quorum]]` (auto up to 10 ETH, then one signing manager), so the server never approves on its own
+/// what the signer would refuse; 1000 ETH a day in total is far above what the walkthrough, tests and crash
+/// test move.
+pub fn dev_hot_policy() -> kinko_core::policy::PolicyConfig {
+    use kinko_core::Amount;
+    use kinko_core::policy::{Action, PerTxLimit, PolicyClass, PolicyConfig, QuorumBand, RollingLimit};
+    const ETH_WEI: u128 = 1_000_000_000_000_000_000;
+    PolicyConfig {
+        wallet: crate::app::HOT_KEY_ID.to_string(),
+        asset: "ETH".parse().expect("ETH is a well-formed asset code"),
+        class: PolicyClass::HotSmall,
+        quorum_bands: vec![QuorumBand { from: Amount::from_base_units(0), approvals: 1, approvers: 2 }],
+        per_tx_limit: PerTxLimit {
+            max: Amount::from_base_units(10 * ETH_WEI),
+            on_breach: Action::NeedsApproval,
+            quorum: None,
+        },
+        rolling_limit: RollingLimit {
+            max: Amount::from_base_units(1_000 * ETH_WEI),
+            window_ms: kinko_core::policy::DAY_MS,
+            on_breach: Action::NeedsApproval,
+            quorum: None,
+        },
+        velocity: None,
+        whitelist: None,
+        business_hours: None,
+        ip_allowlist: None,
+        anomaly: None,
+    }
+}
+
 fn default_instance_id() -> String {
     "kinko-1".into()
 }
@@ -209,7 +276,15 @@ impl Config {
             },
             pipeline: PipelineConfig::default(),
             signer: SignerConfig { mode: SignerMode::Local, ..Default::default() },
+            policies: vec![dev_hot_policy()],
         }
+    }
+
+    /// The validated `[[policies]]`; errors name the entry and the field (`policies[0] (wallet …): …`).
+    pub fn policy_set(&self) -> Result<kinko_core::policy::PolicySet, ConfigError> {
+        kinko_core::policy::PolicySetConfig { policies: self.policies.clone() }
+            .validate()
+            .map_err(|e| ConfigError::Invalid { field: "policies", reason: e.to_string() })
     }
 
     /// The signer's socket: `signer.socket_path`, or `signer.sock` in the data directory.
@@ -273,6 +348,8 @@ impl Config {
         if self.pipeline.batch_max == 0 || self.pipeline.batch_max > 1_000 {
             return invalid("pipeline.batch_max", "must be between 1 and 1000");
         }
+        self.policy_set()?;
+        self.signer.signing_quorum()?;
         if let Some(p) = &self.signer.pkcs11 {
             if p.token_label.is_empty() || p.token_label.len() > 32 {
                 return invalid("signer.pkcs11.token_label", "must be 1 to 32 bytes (a PKCS#11 token label)");
@@ -291,6 +368,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// K11: the signer's quorum is validated when the configuration loads; errors name the entry and field,
+    /// and the dev default (what `kinko config-example` prints) carries the hot key's ETH entry.
+    #[test]
+    fn k11_signer_quorum_validated_at_load_and_in_the_dev_default() {
+        let mut c =
+            Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());
+        assert_eq!(c.signer.quorum, vec![kinko_signer::approvals::SigningQuorumConfig::dev_default()]);
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("[[signer.quorum]]") && text.contains("auto_max = \"10000000000000000000\""), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.signer.quorum, c.signer.quorum);
+        c.signer.quorum[0]
+            .bands
+            .push(kinko_signer::approvals::QuorumBand { from: kinko_core::Amount::from_base_units(100), approvals: 0 });
+        match c.validate() {
+            Err(e @ ConfigError::Invalid { field: "signer.quorum", .. }) => {
+                assert!(e.to_string().contains("signer.quorum[0].bands[1].approvals"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// C2: configuration is validated (confirmations within the re-org window) and env overrides are checked.
     #[test]

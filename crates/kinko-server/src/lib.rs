@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod pipeline;
 pub mod watcher;
+pub mod withdrawal_policy;
 
 pub use app::AppState;
 pub use config::Config;

@@ -125,6 +125,8 @@ pub(crate) async fn sign_logged(
         intent_hash: NO_INTENT,
         actor: req.actor.clone(),
         terminal: req.terminal.clone(),
+        // Ed25519 requests carry no intent, so there is no approval subject to count approvals over.
+        approvers: Vec::new(),
     };
     // A new message's slot is empty, so one write suffices; a repeated message conflicts once and is
     // then recorded against what the slot holds (itself).

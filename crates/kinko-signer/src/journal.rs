@@ -7,6 +7,7 @@
 //! one nonce.
 
 use crate::BoxFuture;
+use crate::approvals::LoggedChange;
 
 /// One anti-double-sign slot: a key, a chain and a nonce (EVM) or outpoint (Bitcoin).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -45,6 +46,9 @@ pub struct KeyAccessEntry {
     pub intent_hash: [u8; 32],
     pub actor: String,
     pub terminal: String,
+    /// The operators whose approvals the signer verified and counted for this signature (K12); empty when
+    /// the signer's quorum needed none.
+    pub approvers: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,4 +74,12 @@ pub trait SignerJournal: Send + Sync {
         entry: &'a SlotEntry,
         access: &'a KeyAccessEntry,
     ) -> BoxFuture<'a, Result<(), JournalError>>;
+
+    /// The signer's own operator registry log, in `seq` order, exactly as appended. Unreadable rows are an
+    /// error (the signer then refuses to start), never skipped.
+    fn registry_log(&self) -> BoxFuture<'_, Result<Vec<LoggedChange>, JournalError>>;
+
+    /// Durably appends one verified registry change. A `seq` already taken is [`JournalError::Conflict`];
+    /// an existing entry is never overwritten.
+    fn append_registry<'a>(&'a self, entry: &'a LoggedChange) -> BoxFuture<'a, Result<(), JournalError>>;
 }

@@ -5,6 +5,9 @@
 //! the backend, the contract (docs: "The signer's contract") is the same:
 //! - decode the payload with the signer's own code and compare every value-moving field with the intent;
 //! - refuse payloads it does not understand or that change control;
+//! - count the operators' approvals itself: Ed25519 signatures verified against its own operator registry
+//!   (a signed, replayed log) up to its own `[[signer.quorum]]` for the key, asset and amount; no quorum
+//!   entry, too few valid approvals or one forged approval, no signature ([`approvals`]);
 //! - keep the anti-double-sign record per (key, chain, nonce-or-outpoint);
 //! - write the key access log entry durably before returning; no log, no signature;
 //! - return a low-S signature verified with an independent library; never key material.
@@ -29,14 +32,14 @@ pub use journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKe
 pub use local::LocalSigner;
 pub use store_journal::StoreJournal;
 
+/// `(seq, hash)` of the last change of an operator registry log; `None` before genesis.
+pub type RegistryHead = Option<(u64, [u8; 32])>;
+
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// How many operator approvals a hot-wallet intent under limits needs. Verifying approval signatures
-/// against the signer's own operator registry comes with the operators issue; until then the signer
-/// accepts the field and requires none.
-pub const HOT_WALLET_QUORUM: usize = 0;
-
-/// An operator's approval: a signature over the intent hash. Verified in the operators issue.
+/// An operator's approval: an Ed25519 signature, with the operator's personal approval key, over
+/// `kinko_core::operators::approval_message` of the request's subject. The signer verifies it against its
+/// own operator registry and counts it towards its own quorum ([`approvals`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     pub operator_id: String,
@@ -55,6 +58,8 @@ pub struct EvmSignRequest {
     #[serde(with = "hex_bytes")]
     pub payload: Vec<u8>,
     pub intent: kinko_core::intent::Intent,
+    /// Approvals over `(Process::Signing, intent.id, intent.hash())`; how many must count is the signer's
+    /// `[[signer.quorum]]` for (key, asset, amount), never the caller's say.
     pub approvals: Vec<Approval>,
     /// Who asked (operator id, or the pipeline instance for automatic hot-wallet withdrawals).
     pub actor: String,
@@ -87,6 +92,18 @@ pub enum SignerError {
 pub trait Signer: Send + Sync {
     /// Returns r(32)||s(32)||y_parity(1), low-S, verified with an independent library before returning.
     fn sign_evm<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>>;
+
+    /// Verifies every signature on a registry change against the signer's own registry, applies the
+    /// registry rules, makes the change durable in the signer's own log and only then takes it into memory.
+    /// A refused change is `Refused`; a failed write is `JournalUnavailable` and changes nothing.
+    fn apply_registry_change<'a>(
+        &'a self,
+        change: &'a kinko_core::operator_registry::RegistryChange,
+        approvals: &'a [Approval],
+    ) -> BoxFuture<'a, Result<(), SignerError>>;
+
+    /// `(seq, hash)` of the last change in the signer's registry; `None` before genesis.
+    fn registry_head(&self) -> BoxFuture<'_, Result<RegistryHead, SignerError>>;
 }
 
 /// Payload bytes as lower-case hex in JSON (for the signer's socket protocol and for logs of requests).

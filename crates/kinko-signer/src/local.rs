@@ -12,10 +12,14 @@ use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, VerifyOnly};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use kinko_core::operator_registry::RegistryChange;
+use kinko_core::operators::{ApprovalSubject, Process};
+
+use crate::approvals::{LoggedChange, OperatorRegistry, SigningQuorum, verify_quorum};
 use crate::backend::{SecpKey, SoftwareKey};
 use crate::evm::{self, EvmPolicy};
 use crate::journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
-use crate::{BoxFuture, EvmSignRequest, Signer, SignerError};
+use crate::{Approval, BoxFuture, EvmSignRequest, Signer, SignerError};
 
 /// How often the signer re-decides after another writer changed the slot under it. A conflict means a
 /// concurrent signature for the same nonce, so a second one almost always ends in a refusal.
@@ -38,8 +42,92 @@ struct KeyRing {
     ed25519: HashMap<String, crate::ed25519::Ed25519Key>,
 }
 
+/// The signer's own operator registry (K8, O3) with its durable log. The signer process's service holds one
+/// from startup (so registry changes work while sealed) and shares it with every [`LocalSigner`] it
+/// unseals; `kinko dev` loads one per in-process signer.
+pub struct SignerRegistry {
+    journal: Arc<dyn SignerJournal>,
+    registry: RwLock<OperatorRegistry>,
+    /// One change at a time: verify, persist, then swap in memory, without another change in between.
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for SignerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerRegistry").field("head", &self.head().ok().flatten()).finish_non_exhaustive()
+    }
+}
+
+impl SignerRegistry {
+    /// A registry before genesis: no approval counts until changes are applied.
+    pub fn empty(journal: Arc<dyn SignerJournal>) -> SignerRegistry {
+        SignerRegistry {
+            journal,
+            registry: RwLock::new(OperatorRegistry::new()),
+            apply_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads the signer's registry log and replays it, verifying every signature. A log that does not
+    /// verify (an edited, removed or forged row) is refused: the signer must not start on it.
+    pub async fn load(journal: Arc<dyn SignerJournal>, now_ms: i64) -> Result<SignerRegistry, SignerError> {
+        let log = journal.registry_log().await.map_err(journal_down)?;
+        let registry = OperatorRegistry::replay(&log, now_ms).map_err(|e| {
+            SignerError::Refused(format!("the signer's operator registry log (signer_registry_log) is refused: {e}"))
+        })?;
+        Ok(SignerRegistry { journal, registry: RwLock::new(registry), apply_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Verifies `change` and its approvals against the registry, writes it to the log, then takes it into
+    /// memory. Refused changes are `Refused`; a failed write is `JournalUnavailable` and leaves memory as
+    /// it was.
+    pub async fn apply(&self, change: &RegistryChange, approvals: &[Approval], now_ms: i64) -> Result<(), SignerError> {
+        let _one_at_a_time = self.apply_lock.lock().await;
+        let mut next = self.registry.read().map_err(|_| registry_poisoned())?.clone();
+        // The very change that is already the head (a client retrying after a lost reply): applied once, so
+        // this is a no-op rather than an error. Its signatures were verified when it was applied.
+        if let (Some(head), Ok(hash)) = (next.head(), change.hash())
+            && head == (change.seq, hash)
+        {
+            return Ok(());
+        }
+        next.apply_change(change, approvals, now_ms).map_err(|e| SignerError::Refused(e.to_string()))?;
+        let entry = LoggedChange { change: change.clone(), approvals: approvals.to_vec(), applied_at_ms: now_ms };
+        match self.journal.append_registry(&entry).await {
+            Ok(()) => {}
+            Err(JournalError::Conflict) => {
+                return Err(SignerError::Refused(format!(
+                    "registry position {} is already taken in the signer's log",
+                    change.seq
+                )));
+            }
+            Err(e) => return Err(journal_down(e)),
+        }
+        *self.registry.write().map_err(|_| registry_poisoned())? = next;
+        Ok(())
+    }
+
+    pub fn head(&self) -> Result<Option<(u64, [u8; 32])>, SignerError> {
+        Ok(self.registry.read().map_err(|_| registry_poisoned())?.head())
+    }
+
+    /// Runs `f` on the current registry (read-locked; `f` must not block).
+    pub fn with<T>(&self, f: impl FnOnce(&OperatorRegistry) -> T) -> Result<T, SignerError> {
+        let registry = self.registry.read().map_err(|_| registry_poisoned())?;
+        Ok(f(&registry))
+    }
+}
+
+fn registry_poisoned() -> SignerError {
+    SignerError::Internal("operator registry lock poisoned".into())
+}
+
 pub struct LocalSigner {
     journal: Arc<dyn SignerJournal>,
+    /// Whose approvals count (K8); see [`SignerRegistry`].
+    registry: RwLock<Arc<SignerRegistry>>,
+    /// How many approvals each (key, asset, amount) needs (K11). `None`: nothing signs (fail closed).
+    quorum: RwLock<Option<Arc<SigningQuorum>>>,
     ring: RwLock<KeyRing>,
     policies: RwLock<HashMap<u64, EvmPolicy>>,
     secp: Secp256k1<VerifyOnly>,
@@ -76,9 +164,12 @@ fn poisoned() -> SignerError {
 }
 
 impl LocalSigner {
-    /// An unsealed signer with an empty key ring.
+    /// An unsealed signer with an empty key ring, an empty operator registry (call [`Self::load_registry`]
+    /// or [`Self::set_registry`]) and no quorum (call [`Self::set_quorum`]; until then it signs nothing).
     pub fn new(journal: Arc<dyn SignerJournal>) -> Self {
         LocalSigner {
+            registry: RwLock::new(Arc::new(SignerRegistry::empty(journal.clone()))),
+            quorum: RwLock::new(None),
             journal,
             ring: RwLock::new(KeyRing { sealed: false, keys: HashMap::new(), ed25519: HashMap::new() }),
             policies: RwLock::new(HashMap::new()),
@@ -91,6 +182,46 @@ impl LocalSigner {
     /// that could be swapped out at run time would be a way around it.
     pub fn set_key_gate(&self, gate: Arc<dyn kinko_core::key_lifecycle::KeyGate>) -> Result<(), SignerError> {
         self.key_gate.set(gate).map_err(|_| SignerError::Internal("key gate already set".into()))
+    }
+
+    /// Sets the signer's quorum policy (`[[signer.quorum]]`, validated by [`SigningQuorum::from_configs`]).
+    pub fn set_quorum(&self, quorum: SigningQuorum) -> Result<(), SignerError> {
+        *self.quorum.write().map_err(|_| poisoned())? = Some(Arc::new(quorum));
+        Ok(())
+    }
+
+    /// Loads the operator registry from this signer's journal, verifying every signature of its log;
+    /// refused (and the registry left as it was) when the log does not verify.
+    pub async fn load_registry(&self) -> Result<(), SignerError> {
+        let registry = SignerRegistry::load(self.journal.clone(), now_ms()).await?;
+        self.set_registry(Arc::new(registry))
+    }
+
+    /// Shares an already loaded registry (the signer process's, kept across seal and unseal).
+    pub fn set_registry(&self, registry: Arc<SignerRegistry>) -> Result<(), SignerError> {
+        *self.registry.write().map_err(|_| poisoned())? = registry;
+        Ok(())
+    }
+
+    pub fn registry(&self) -> Result<Arc<SignerRegistry>, SignerError> {
+        Ok(self.registry.read().map_err(|_| poisoned())?.clone())
+    }
+
+    /// Checks the approvals of `req` against the signer's own registry and quorum (K8, K11, K12); returns
+    /// the operators whose approvals counted.
+    fn check_approvals(&self, req: &EvmSignRequest, now_ms: i64) -> Result<Vec<String>, SignerError> {
+        let refused = |e: crate::approvals::ApprovalError| SignerError::Refused(e.to_string());
+        let quorum = self.quorum.read().map_err(|_| poisoned())?.clone().ok_or_else(|| {
+            SignerError::Refused("no signing quorum is configured ([[signer.quorum]]): the signer signs nothing".into())
+        })?;
+        let policy = quorum.policy_for(&req.key_id, req.intent.asset.as_str(), req.intent.amount).map_err(refused)?;
+        let subject = ApprovalSubject::new(Process::Signing, &req.intent.id, req.intent.hash())
+            .map_err(|e| SignerError::Refused(format!("approval subject: {e}")))?;
+        let verified = self
+            .registry()?
+            .with(|registry| verify_quorum(registry, &subject, &req.approvals, policy, &req.actor, now_ms))?
+            .map_err(refused)?;
+        Ok(verified.approvers)
     }
 
     /// Sets the policy for one chain (native asset code, fee cap). Chains without one use
@@ -245,6 +376,9 @@ impl LocalSigner {
         let tx = evm::decode_eip1559(&req.payload)?;
         let policy = self.policy(req.chain_id)?;
         evm::check_against_intent(&tx, req.chain_id, req.nonce, &req.intent, &key_address, &policy)?;
+        // The signer's own quorum, over its own registry: what the server says about approvals counts for
+        // nothing here (a compromised server can mark an intent approved, it cannot forge the signatures).
+        let approvers = self.check_approvals(req, now_ms())?;
 
         let slot = SlotKey::evm(&req.key_id, req.chain_id, req.nonce);
         let payload_sha256: [u8; 32] = Sha256::digest(&req.payload).into();
@@ -284,6 +418,7 @@ impl LocalSigner {
                 intent_hash,
                 actor: req.actor.clone(),
                 terminal: req.terminal.clone(),
+                approvers: approvers.clone(),
             };
             let expected: Vec<[u8; 32]> = prior.iter().map(|e| e.payload_sha256).collect();
             match self.journal.record(&slot, &expected, &entry, &access).await {
@@ -303,5 +438,278 @@ fn journal_down(e: JournalError) -> SignerError {
 impl Signer for LocalSigner {
     fn sign_evm<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
         Box::pin(self.sign_evm_inner(req))
+    }
+
+    fn apply_registry_change<'a>(
+        &'a self,
+        change: &'a RegistryChange,
+        approvals: &'a [Approval],
+    ) -> BoxFuture<'a, Result<(), SignerError>> {
+        Box::pin(async move { self.registry()?.apply(change, approvals, now_ms()).await })
+    }
+
+    fn registry_head(&self) -> BoxFuture<'_, Result<crate::RegistryHead, SignerError>> {
+        Box::pin(async move { self.registry()?.head() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_consensus::{SignableTransaction, TxEip1559};
+    use alloy_eips::eip2930::AccessList;
+    use alloy_primitives::{Address, Bytes, TxKind, U256};
+    use kinko_core::intent::Intent;
+    use kinko_core::operator_registry::RegistryChangeKind;
+    use kinko_core::operators::{Decision, Role};
+    use kinko_core::policy::PolicyClass;
+    use kinko_core::{Amount, ChainId};
+
+    use super::*;
+    use crate::approvals::tests::{add_kind, key, next_change, sign_change, standard_log};
+    use crate::approvals::{QuorumBand, SigningQuorumConfig, sign_approval};
+    use crate::testing::{FailingJournal, MemoryJournal};
+
+    const KEY: &str = "eth-hot-1";
+    const CHAIN: u64 = 31337;
+    const DEST: &str = "0x00000000000000000000000000000000000000aa";
+    const AUTO_MAX: u128 = 10;
+    /// Above `AUTO_MAX` the signer's quorum demands this many signing managers.
+    const M: u8 = 2;
+
+    fn quorum() -> SigningQuorum {
+        SigningQuorum::from_configs(&[SigningQuorumConfig {
+            key_id: KEY.into(),
+            asset: "ETH".into(),
+            class: PolicyClass::HotSmall,
+            auto_max: Some(Amount::from_base_units(AUTO_MAX)),
+            bands: vec![QuorumBand { from: Amount::from_base_units(0), approvals: M }],
+        }])
+        .unwrap()
+    }
+
+    /// A signer with the standard registry (a1, a2 administrators; m1..m3 signing managers; so; om) applied
+    /// through its own `apply_registry_change`, and the quorum above.
+    async fn signer() -> (LocalSigner, Arc<MemoryJournal>, String) {
+        let journal = Arc::new(MemoryJournal::new());
+        let signer = LocalSigner::new(journal.clone());
+        let address = signer.add_secp256k1_key(KEY, Zeroizing::new([0x11; 32])).unwrap();
+        signer.set_quorum(quorum()).unwrap();
+        for entry in standard_log(now_ms()) {
+            signer.apply_registry_change(&entry.change, &entry.approvals).await.unwrap();
+        }
+        (signer, journal, address)
+    }
+
+    fn request(id: &str, nonce: u64, amount: u128, address: &str, approvals: Vec<Approval>) -> EvmSignRequest {
+        let tx = TxEip1559 {
+            chain_id: CHAIN,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: 2_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+            to: TxKind::Call(DEST.parse::<Address>().unwrap()),
+            value: U256::from(amount),
+            access_list: AccessList::default(),
+            input: Bytes::new(),
+        };
+        let mut payload = Vec::new();
+        tx.encode_for_signing(&mut payload);
+        let intent = Intent {
+            id: id.into(),
+            asset: "ETH".parse().unwrap(),
+            chain_id: ChainId(CHAIN),
+            amount: Amount::from_base_units(amount),
+            destination: DEST.into(),
+            source_wallet: address.into(),
+            customer_id: "c1".into(),
+            reason: "customer withdrawal".into(),
+        };
+        EvmSignRequest {
+            key_id: KEY.into(),
+            chain_id: CHAIN,
+            nonce,
+            payload,
+            intent,
+            approvals,
+            actor: "pipeline".into(),
+            terminal: "test-host".into(),
+        }
+    }
+
+    /// Approvals by (key seed, operator id) over the request's signing subject.
+    fn approvals(id: &str, amount: u128, address: &str, by: &[(u8, &str)]) -> Vec<Approval> {
+        let intent = request(id, 0, amount, address, vec![]).intent;
+        let subject = ApprovalSubject::new(Process::Signing, id, intent.hash()).unwrap();
+        by.iter().map(|(seed, op)| sign_approval(&key(*seed), op, &subject, Decision::Approve).unwrap()).collect()
+    }
+
+    fn refusal(got: Result<[u8; 65], SignerError>) -> String {
+        match got {
+            Err(SignerError::Refused(m)) => m,
+            other => panic!("expected Refused, got {other:?}"),
+        }
+    }
+
+    async fn nothing_recorded(journal: &MemoryJournal, nonce: u64) {
+        assert!(journal.access_log().is_empty(), "a refused request leaves no key access log entry");
+        let slot = SlotKey::evm(KEY, CHAIN, nonce);
+        assert!(journal.slot_entries(&slot).await.unwrap().is_empty(), "and no anti-double-sign entry");
+    }
+
+    #[tokio::test]
+    async fn o2_signer_refuses_m_minus_one_approvals_above_auto_max_and_records_nothing() {
+        let (signer, journal, address) = signer().await;
+        let one = approvals("w1", AUTO_MAX + 1, &address, &[(1, "m1")]);
+        let m = refusal(signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, one)).await);
+        assert!(m.contains("1 valid approvals of 2 required"), "{m}");
+        let none = refusal(signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, vec![])).await);
+        assert!(none.contains("0 valid approvals of 2 required"), "{none}");
+        nothing_recorded(&journal, 0).await;
+    }
+
+    #[tokio::test]
+    async fn k12_signer_signs_with_m_approvals_and_logs_the_approvers() {
+        let (signer, journal, address) = signer().await;
+        let two = approvals("w1", AUTO_MAX + 1, &address, &[(1, "m1"), (2, "m2")]);
+        signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, two)).await.unwrap();
+        // At or below auto_max nothing is needed, and the log says so.
+        signer.sign_evm(&request("w2", 1, AUTO_MAX, &address, vec![])).await.unwrap();
+        let log = journal.access_log();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].approvers, vec!["m1".to_string(), "m2".to_string()]);
+        assert!(log[1].approvers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn o2_revoked_operators_earlier_approvals_stop_counting_in_the_signer() {
+        let (signer, journal, address) = signer().await;
+        // Signed while m1 was active, presented after m1 is revoked.
+        let two = approvals("w1", AUTO_MAX + 1, &address, &[(1, "m1"), (2, "m2")]);
+        let registry = signer.registry().unwrap();
+        let revoke = registry
+            .with(|r| next_change(r, "a1", now_ms(), RegistryChangeKind::RevokeOperator { operator_id: "m1".into() }));
+        let revoke = revoke.unwrap();
+        signer.apply_registry_change(&revoke, &sign_change(&revoke, &[(100, "a1"), (101, "a2")])).await.unwrap();
+        let m = refusal(signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, two)).await);
+        assert!(m.contains("1 valid approvals of 2 required") && m.contains("\"m1\" not counted"), "{m}");
+        nothing_recorded(&journal, 0).await;
+    }
+
+    #[tokio::test]
+    async fn k8_expired_grant_approval_does_not_count_in_the_signer() {
+        let (signer, journal, address) = signer().await;
+        let day_ms = 86_400_000;
+        // Granted ten days ago for eight days: expired yesterday.
+        let expired_at_ms = now_ms() - day_ms;
+        let add = signer
+            .registry()
+            .unwrap()
+            .with(|r| {
+                next_change(
+                    r,
+                    "a1",
+                    now_ms() - 10 * day_ms,
+                    add_kind("m4", 4, Role::SigningManager, Some(expired_at_ms)),
+                )
+            })
+            .unwrap();
+        signer.apply_registry_change(&add, &sign_change(&add, &[(100, "a1"), (101, "a2")])).await.unwrap();
+        let with_expired = approvals("w1", AUTO_MAX + 1, &address, &[(1, "m1"), (4, "m4")]);
+        let m = refusal(signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, with_expired)).await);
+        assert!(m.contains("1 valid approvals of 2 required") && m.contains("\"m4\" not counted"), "{m}");
+        nothing_recorded(&journal, 0).await;
+    }
+
+    #[tokio::test]
+    async fn k12_forged_approval_refuses_the_whole_signing_request() {
+        let (signer, journal, address) = signer().await;
+        // Two valid approvals would be enough; a third, forged under m3's name, refuses the request.
+        let mut presented = approvals("w1", AUTO_MAX + 1, &address, &[(1, "m1"), (2, "m2")]);
+        presented.extend(approvals("w1", AUTO_MAX + 1, &address, &[(9, "m3")]));
+        let m = refusal(signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, presented)).await);
+        assert!(m.contains("\"m3\"") && m.contains("does not verify"), "{m}");
+        // An approval of another intent (another amount) is forged for this one.
+        let other = approvals("w1", AUTO_MAX + 2, &address, &[(1, "m1"), (2, "m2")]);
+        let m = refusal(signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, other)).await);
+        assert!(m.contains("does not verify"), "{m}");
+        nothing_recorded(&journal, 0).await;
+    }
+
+    #[tokio::test]
+    async fn k11_signer_without_quorum_config_or_entry_refuses() {
+        let journal = Arc::new(MemoryJournal::new());
+        let signer = LocalSigner::new(journal.clone());
+        let address = signer.add_secp256k1_key(KEY, Zeroizing::new([0x11; 32])).unwrap();
+        let m = refusal(signer.sign_evm(&request("w1", 0, 1, &address, vec![])).await);
+        assert!(m.contains("no signing quorum"), "{m}");
+        // A quorum for another key does not cover this one.
+        signer.set_quorum(crate::testing::auto_quorum("eth-hot-2", &["ETH"])).unwrap();
+        let m = refusal(signer.sign_evm(&request("w1", 0, 1, &address, vec![])).await);
+        assert!(m.contains("no signing quorum is configured for key \"eth-hot-1\""), "{m}");
+        nothing_recorded(&journal, 0).await;
+    }
+
+    #[tokio::test]
+    async fn o3_registry_change_is_durable_before_it_counts() {
+        // The log cannot be written: the change is refused and memory is unchanged.
+        let signer = LocalSigner::new(Arc::new(FailingJournal));
+        let genesis = standard_log(now_ms()).remove(0);
+        let got = signer.apply_registry_change(&genesis.change, &genesis.approvals).await;
+        assert!(matches!(got, Err(SignerError::JournalUnavailable(_))), "{got:?}");
+        assert_eq!(signer.registry_head().await.unwrap(), None);
+
+        // Written: a second signer on the same journal loads it, verified.
+        let journal = Arc::new(MemoryJournal::new());
+        let first = LocalSigner::new(journal.clone());
+        first.apply_registry_change(&genesis.change, &genesis.approvals).await.unwrap();
+        let second = LocalSigner::new(journal.clone());
+        second.load_registry().await.unwrap();
+        assert_eq!(second.registry_head().await.unwrap(), first.registry_head().await.unwrap());
+        // The same change again (a retry) is a no-op; another change for a taken position is refused.
+        second.apply_registry_change(&genesis.change, &genesis.approvals).await.unwrap();
+        assert_eq!(second.registry_head().await.unwrap(), first.registry_head().await.unwrap());
+        let mut other = genesis.change.clone();
+        other.requested_at_ms += 1;
+        let got = second.apply_registry_change(&other, &sign_change(&other, &[(100, "a1")])).await;
+        assert!(matches!(got, Err(SignerError::Refused(ref m)) if m.contains("out of order")), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn o3_tampered_registry_log_in_the_store_is_refused_at_load() {
+        for ts in kinko_store::testing::test_stores().await {
+            let journal: Arc<dyn SignerJournal> = Arc::new(crate::StoreJournal(ts.store.clone()));
+            let signer = LocalSigner::new(journal.clone());
+            for entry in standard_log(now_ms()) {
+                signer.apply_registry_change(&entry.change, &entry.approvals).await.unwrap();
+            }
+            let head = signer.registry_head().await.unwrap();
+            let reloaded = SignerRegistry::load(journal.clone(), now_ms()).await.unwrap();
+            assert_eq!(reloaded.head().unwrap(), head, "{}", ts.name);
+
+            // A row appended behind the signer's back (as a compromised server might): a well-formed change
+            // whose second administrator's approval is forged.
+            let evil =
+                reloaded.with(|r| next_change(r, "a1", now_ms(), add_kind("evil", 66, Role::SigningManager, None)));
+            let evil = evil.unwrap();
+            let mut forged = sign_change(&evil, &[(100, "a1")]);
+            forged.extend(sign_change(&evil, &[(66, "a2")]));
+            ts.store
+                .append_signer_registry(
+                    evil.seq,
+                    &hex::encode(evil.hash().unwrap()),
+                    &serde_json::to_string(&evil).unwrap(),
+                    &serde_json::to_string(&forged).unwrap(),
+                    now_ms(),
+                )
+                .await
+                .unwrap();
+            let got = SignerRegistry::load(journal.clone(), now_ms()).await;
+            match got {
+                Err(SignerError::Refused(m)) => assert!(m.contains("log entry 7"), "{}: {m}", ts.name),
+                other => panic!("{}: expected a refusal, got {other:?}", ts.name),
+            }
+            let fresh = LocalSigner::new(journal);
+            assert!(fresh.load_registry().await.is_err(), "{}", ts.name);
+        }
     }
 }

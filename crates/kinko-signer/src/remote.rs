@@ -11,14 +11,15 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::seal::SealStatus;
-use crate::server::{LINE_LEN_MAX, Request, WireError, WireSecret};
-use crate::{BoxFuture, EvmSignRequest, Signer, SignerError};
+use crate::server::{LINE_LEN_MAX, Request, WireError, WireHead, WireSecret};
+use crate::{Approval, BoxFuture, EvmSignRequest, Signer, SignerError};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Signing includes the journal's durable write; unsealing includes unwrapping every key.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts per request. A retried request is safe: signing the same payload again is idempotent in the
-/// signer's journal, the same custodian's share counts once, and sealing twice is sealing.
+/// signer's journal, the same custodian's share counts once, sealing twice is sealing, and re-applying the
+/// registry change that is already the signer's head is a no-op.
 pub const ATTEMPTS_MAX: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +199,38 @@ impl Signer for RemoteSigner {
             let v = self.call(&Request::SignEvm { request: Box::new(req.clone()) }).await.map_err(signer_error)?;
             let bytes = signature_bytes(&v)?;
             bytes.try_into().map_err(|_| SignerError::Internal("remote signer: signature is not 65 bytes".into()))
+        })
+    }
+
+    fn apply_registry_change<'a>(
+        &'a self,
+        change: &'a kinko_core::operator_registry::RegistryChange,
+        approvals: &'a [Approval],
+    ) -> BoxFuture<'a, Result<(), SignerError>> {
+        Box::pin(async move {
+            let request = Request::RegistryApply { change: Box::new(change.clone()), approvals: approvals.to_vec() };
+            let v = self.call(&request).await.map_err(signer_error)?;
+            // Only an explicit "applied" counts: anything else is not proof the signer took the change.
+            if v.get("applied").and_then(Value::as_bool) != Some(true) {
+                return Err(SignerError::Internal("remote signer: registry_apply reply without applied".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn registry_head(&self) -> BoxFuture<'_, Result<crate::RegistryHead, SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::RegistryHead).await.map_err(signer_error)?;
+            let bad = |what: &str| SignerError::Internal(format!("remote signer: registry_head reply {what}"));
+            let head: Option<WireHead> =
+                serde_json::from_value(v.get("head").cloned().ok_or_else(|| bad("without head"))?)
+                    .map_err(|_| bad("does not parse"))?;
+            head.map(|h| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&h.hash, &mut hash).map_err(|_| bad("hash is not 32 bytes of hex"))?;
+                Ok((h.seq, hash))
+            })
+            .transpose()
         })
     }
 }

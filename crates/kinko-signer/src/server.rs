@@ -9,8 +9,15 @@
 //! Protocol: one JSON object per line (at most [`LINE_LEN_MAX`] bytes), answered by one line:
 //! `{"op":"status"}`, `{"op":"unseal","custodian":…,"index":…,"threshold":…,"share_hex":…}`,
 //! `{"op":"seal"}`, `{"op":"sign_evm","request":{…EvmSignRequest…}}`,
-//! `{"op":"sign_ed25519","request":{"key_id":…,"message":hex,"actor":…,"terminal":…}}` → `{"ok":…}` or
-//! `{"error":{"kind":…,"message":…,"detail":…}}`. There is no operation that returns key material.
+//! `{"op":"sign_ed25519","request":{"key_id":…,"message":hex,"actor":…,"terminal":…}}`,
+//! `{"op":"registry_apply","change":{…RegistryChange…},"approvals":[{"operator_id":…,"signature_hex":…}]}`
+//! → `{"applied":true,"head":…}`, `{"op":"registry_head"}` → `{"head":null}` or
+//! `{"head":{"seq":…,"hash":hex}}`; each answered `{"ok":…}` or `{"error":{"kind":…,"message":…,"detail":…}}`.
+//! There is no operation that returns key material.
+//!
+//! The operator registry (K8, O3) is loaded from the signer's own log when the service starts, verifying
+//! every signature; a log that does not verify stops the signer from starting. Registry changes are accepted
+//! sealed or unsealed (they carry no secret), and every signer the service unseals shares that registry.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,9 +32,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::approvals::SigningQuorum;
 use crate::journal::SignerJournal;
+use crate::local::SignerRegistry;
 use crate::seal::{self, SealError, SealState, SealStatus, SubmitOutcome};
-use crate::{EvmSignRequest, LocalSigner, SignerError};
+use crate::{Approval, EvmSignRequest, LocalSigner, SignerError};
 
 /// Bound on one request line (a signing request is a few KiB; this leaves room for large payloads).
 pub const LINE_LEN_MAX: usize = 1024 * 1024;
@@ -73,6 +82,28 @@ pub enum Request {
     SignEd25519 {
         request: crate::ed25519::Ed25519SignRequest,
     },
+    /// Verifies and applies one operator registry change (see [`crate::Signer::apply_registry_change`]).
+    /// The number of approvals is bounded by `APPROVALS_PER_REQUEST_MAX`, the line by [`LINE_LEN_MAX`].
+    RegistryApply {
+        change: Box<kinko_core::operator_registry::RegistryChange>,
+        approvals: Vec<Approval>,
+    },
+    /// The registry's last `(seq, hash)`.
+    RegistryHead,
+}
+
+/// The registry head on the wire: `null` before genesis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireHead {
+    pub seq: u64,
+    /// Lower-case hex SHA-256 of the last change.
+    pub hash: String,
+}
+
+impl WireHead {
+    pub fn from_head(head: Option<(u64, [u8; 32])>) -> Option<WireHead> {
+        head.map(|(seq, hash)| WireHead { seq, hash: hex::encode(hash) })
+    }
 }
 
 /// An error on the wire. `detail` carries what the client needs to rebuild a typed error.
@@ -130,6 +161,10 @@ pub struct SignerService {
     routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
     /// How to activate keys that live in a PKCS#11 token (K21), when there are any.
     pkcs11: Option<crate::pkcs11::Pkcs11Login>,
+    /// The signer's own operator registry, verified at startup; shared with every unsealed signer.
+    registry: Arc<SignerRegistry>,
+    /// `[[signer.quorum]]`; without it an unsealed signer signs nothing (fail closed).
+    quorum: Option<SigningQuorum>,
     inner: tokio::sync::Mutex<Inner>,
 }
 
@@ -142,16 +177,20 @@ struct Inner {
 
 impl SignerService {
     /// A sealed service over the seal configuration stored by `kinko init`; `key_ids` are the keys it
-    /// unwraps on unseal.
+    /// unwraps on unseal. Loads and verifies the operator registry log: a log that does not verify is an
+    /// error, and the signer does not start.
     pub async fn new(store: Store, key_ids: Vec<String>) -> Result<SignerService, SealError> {
         let seal = SealState::load(&store).await?;
         let journal: Arc<dyn SignerJournal> = Arc::new(crate::store_journal::StoreJournal(store.clone()));
+        let registry = Arc::new(SignerRegistry::load(journal.clone(), now_ms()).await?);
         Ok(SignerService {
             store,
             journal,
             key_ids,
             routine_policy: Default::default(),
             pkcs11: None,
+            registry,
+            quorum: None,
             inner: tokio::sync::Mutex::new(Inner { seal, signer: None, kek: None }),
         })
     }
@@ -165,6 +204,12 @@ impl SignerService {
     /// The token login that activates token-held keys on unseal (K21).
     pub fn with_pkcs11(mut self, login: Option<crate::pkcs11::Pkcs11Login>) -> Self {
         self.pkcs11 = login;
+        self
+    }
+
+    /// The signer's quorum policy (`[[signer.quorum]]`), given to every signer this service unseals.
+    pub fn with_quorum(mut self, quorum: SigningQuorum) -> Self {
+        self.quorum = Some(quorum);
         self
     }
 
@@ -188,6 +233,10 @@ impl SignerService {
                     self.pkcs11.as_ref(),
                 )
                 .await?;
+                signer.set_registry(self.registry.clone())?;
+                if let Some(quorum) = &self.quorum {
+                    signer.set_quorum(quorum.clone())?;
+                }
                 Ok::<_, SealError>((kek, signer))
             }
             .await;
@@ -237,6 +286,19 @@ impl SignerService {
         signer.generate_ed25519_key(key_id)
     }
 
+    /// Verifies, persists and applies a registry change; works sealed or unsealed.
+    pub async fn apply_registry_change(
+        &self,
+        change: &kinko_core::operator_registry::RegistryChange,
+        approvals: &[Approval],
+    ) -> Result<(), SignerError> {
+        self.registry.apply(change, approvals, now_ms()).await
+    }
+
+    pub fn registry_head(&self) -> Result<Option<(u64, [u8; 32])>, SignerError> {
+        self.registry.head()
+    }
+
     async fn handle(&self, line: &[u8]) -> Result<Value, WireError> {
         let request: Request = serde_json::from_slice(line)
             .map_err(|e| WireError::new("bad_request", format!("request does not parse: {e}")))?;
@@ -259,8 +321,21 @@ impl SignerService {
                 .await
                 .map(|sig| json!({"signature": hex::encode(sig)}))
                 .map_err(|e| WireError::from(&e)),
+            Request::RegistryApply { change, approvals } => {
+                self.apply_registry_change(&change, &approvals).await.map_err(|e| WireError::from(&e))?;
+                let head = self.registry_head().map_err(|e| WireError::from(&e))?;
+                Ok(json!({"applied": true, "head": WireHead::from_head(head)}))
+            }
+            Request::RegistryHead => self
+                .registry_head()
+                .map(|head| json!({"head": WireHead::from_head(head)}))
+                .map_err(|e| WireError::from(&e)),
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Binds the signer's socket (mode 0600), replacing a stale socket file but never any other file.
@@ -351,5 +426,91 @@ async fn connection(service: Arc<SignerService>, stream: UnixStream, own_uid: u3
             Err(e) => json!({ "error": e }),
         };
         write.write_all(format!("{reply}\n").as_bytes()).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kinko_keys::shares::{self, MasterKey, SealConfig};
+
+    use super::*;
+    use crate::Signer;
+    use crate::approvals::OperatorRegistry;
+    use crate::approvals::tests::{add_kind, next_change, sign_change, standard_log};
+    use crate::remote::RemoteSigner;
+
+    async fn sealed_store() -> kinko_store::testing::TestStore {
+        let ts = kinko_store::testing::sqlite_store().await;
+        let mk = MasterKey::generate();
+        let raw = shares::split(&mk, 1, &["c0".to_string()]).unwrap();
+        let config = SealConfig::new(&mk, 1, &raw);
+        ts.store.init_seal_config_json(&serde_json::to_string(&config).unwrap()).await.unwrap();
+        ts
+    }
+
+    #[tokio::test]
+    async fn o3_registry_apply_and_head_over_the_socket_while_sealed() {
+        let ts = sealed_store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("signer.sock");
+        let service = Arc::new(SignerService::new(ts.store.clone(), vec![]).await.unwrap());
+        let listener = bind(&socket).unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(service.clone(), listener, socket.clone(), stop_rx));
+        let remote = RemoteSigner::new(&socket);
+
+        assert_eq!(remote.registry_head().await.unwrap(), None);
+        let log = standard_log(now_ms());
+        for entry in &log {
+            remote.apply_registry_change(&entry.change, &entry.approvals).await.unwrap();
+        }
+        let expected = OperatorRegistry::replay(&log, now_ms()).unwrap().head();
+        assert!(expected.is_some());
+        assert_eq!(remote.registry_head().await.unwrap(), expected);
+
+        // A change whose second administrator's approval is forged is refused over the wire, typed.
+        let mut local = OperatorRegistry::replay(&log, now_ms()).unwrap();
+        let change =
+            next_change(&local, "a1", now_ms(), add_kind("m9", 9, kinko_core::operators::Role::SigningManager, None));
+        let mut forged = sign_change(&change, &[(100, "a1")]);
+        forged.extend(sign_change(&change, &[(9, "a2")]));
+        let got = remote.apply_registry_change(&change, &forged).await;
+        assert!(matches!(got, Err(SignerError::Refused(ref m)) if m.contains("\"a2\"")), "{got:?}");
+        assert_eq!(remote.registry_head().await.unwrap(), expected, "a refused change changes nothing");
+        let approvals = sign_change(&change, &[(100, "a1"), (101, "a2")]);
+        remote.apply_registry_change(&change, &approvals).await.unwrap();
+        local.apply_change(&change, &approvals, now_ms()).unwrap();
+        assert_eq!(remote.registry_head().await.unwrap(), local.head());
+
+        let _ = stop.send(true);
+        let _ = server.await;
+
+        // A restarted signer loads the same registry from its own table, verified.
+        let restarted = SignerService::new(ts.store.clone(), vec![]).await.unwrap();
+        assert_eq!(restarted.registry_head().unwrap(), local.head());
+
+        // A row appended behind the signer's back with a forged approval: the signer does not start.
+        let evil = next_change(
+            &local,
+            "a1",
+            now_ms(),
+            add_kind("evil", 66, kinko_core::operators::Role::SigningManager, None),
+        );
+        let mut forged = sign_change(&evil, &[(100, "a1")]);
+        forged.extend(sign_change(&evil, &[(66, "a2")]));
+        ts.store
+            .append_signer_registry(
+                evil.seq,
+                &hex::encode(evil.hash().unwrap()),
+                &serde_json::to_string(&evil).unwrap(),
+                &serde_json::to_string(&forged).unwrap(),
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        match SignerService::new(ts.store.clone(), vec![]).await {
+            Err(e) => assert!(e.to_string().contains("signer_registry_log"), "{e}"),
+            Ok(_) => panic!("a signer with a tampered registry log must not start"),
+        }
     }
 }

@@ -4,8 +4,9 @@
 use kinko_store::signer_records::{KeyAccessRecord, SlotRecord};
 use kinko_store::{Store, StoreError};
 
-use crate::BoxFuture;
+use crate::approvals::LoggedChange;
 use crate::journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
+use crate::{Approval, BoxFuture};
 
 #[derive(Clone, Debug)]
 pub struct StoreJournal(pub Store);
@@ -70,10 +71,54 @@ impl SignerJournal for StoreJournal {
                 intent_hash: hex::encode(access.intent_hash),
                 actor: access.actor.clone(),
                 terminal: access.terminal.clone(),
+                approvers_json: serde_json::to_string(&access.approvers)
+                    .map_err(|e| JournalError::Unavailable(format!("encoding approvers: {e}")))?,
             };
             let expected: Vec<String> = expected_prior.iter().map(hex::encode).collect();
             self.0.record_signature(&record, &log, &expected).await.map_err(store_error)?;
             Ok(())
+        })
+    }
+
+    fn registry_log(&self) -> BoxFuture<'_, Result<Vec<LoggedChange>, JournalError>> {
+        Box::pin(async move {
+            let rows = self.0.signer_registry_log().await.map_err(store_error)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let bad = |what: &str| {
+                    JournalError::Unavailable(format!("signer_registry_log row {} holds a malformed {what}", row.seq))
+                };
+                let change: kinko_core::operator_registry::RegistryChange =
+                    serde_json::from_str(&row.change_json).map_err(|_| bad("change_json"))?;
+                let approvals: Vec<Approval> =
+                    serde_json::from_str(&row.approvals_json).map_err(|_| bad("approvals_json"))?;
+                // The stored hash is a second witness of what was applied; the signatures are checked on replay.
+                let hash = change.hash().map_err(|_| bad("change"))?;
+                if i64::try_from(change.seq).ok() != Some(row.seq) || hex::encode(hash) != row.hash_hex {
+                    return Err(bad("seq or hash (the row does not match its change)"));
+                }
+                out.push(LoggedChange { change, approvals, applied_at_ms: row.applied_at_ms });
+            }
+            Ok(out)
+        })
+    }
+
+    fn append_registry<'a>(&'a self, entry: &'a LoggedChange) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            let encode = |e: serde_json::Error| JournalError::Unavailable(format!("encoding a registry change: {e}"));
+            let hash = entry.change.hash().map_err(|e| JournalError::Unavailable(e.to_string()))?;
+            let change_json = serde_json::to_string(&entry.change).map_err(encode)?;
+            let approvals_json = serde_json::to_string(&entry.approvals).map_err(encode)?;
+            self.0
+                .append_signer_registry(
+                    entry.change.seq,
+                    &hex::encode(hash),
+                    &change_json,
+                    &approvals_json,
+                    entry.applied_at_ms,
+                )
+                .await
+                .map_err(store_error)
         })
     }
 }

@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::BoxFuture;
+use crate::approvals::{LoggedChange, QuorumBand, SigningQuorum, SigningQuorumConfig};
 use crate::journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
 
 #[derive(Default)]
 struct MemoryState {
     slots: HashMap<SlotKey, Vec<SlotEntry>>,
     access_log: Vec<KeyAccessEntry>,
+    registry: Vec<LoggedChange>,
 }
 
 /// An in-memory journal with the store's compare-and-append semantics.
@@ -68,6 +70,21 @@ impl SignerJournal for MemoryJournal {
             Ok(())
         })
     }
+
+    fn registry_log(&self) -> BoxFuture<'_, Result<Vec<LoggedChange>, JournalError>> {
+        Box::pin(async move { Ok(self.state.lock().map_err(|_| unavailable())?.registry.clone()) })
+    }
+
+    fn append_registry<'a>(&'a self, entry: &'a LoggedChange) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            let mut state = self.state.lock().map_err(|_| unavailable())?;
+            if state.registry.iter().any(|e| e.change.seq == entry.change.seq) {
+                return Err(JournalError::Conflict);
+            }
+            state.registry.push(entry.clone());
+            Ok(())
+        })
+    }
 }
 
 /// Reads succeed (an empty record); every write fails, as a full disk or a lost database would.
@@ -88,4 +105,28 @@ impl SignerJournal for FailingJournal {
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async { Err(JournalError::Unavailable("key access log cannot be written (test)".into())) })
     }
+
+    fn registry_log(&self) -> BoxFuture<'_, Result<Vec<LoggedChange>, JournalError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn append_registry<'a>(&'a self, _entry: &'a LoggedChange) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async { Err(JournalError::Unavailable("registry log cannot be written (test)".into())) })
+    }
+}
+
+/// A quorum under which `key_id` signs each of `assets` at any amount without approval: for tests and
+/// benchmarks about something other than approvals. A deployment configures `[[signer.quorum]]` instead.
+pub fn auto_quorum(key_id: &str, assets: &[&str]) -> SigningQuorum {
+    let configs: Vec<SigningQuorumConfig> = assets
+        .iter()
+        .map(|asset| SigningQuorumConfig {
+            key_id: key_id.into(),
+            asset: (*asset).into(),
+            class: kinko_core::policy::PolicyClass::HotSmall,
+            auto_max: Some(kinko_core::Amount::from_base_units(u128::MAX)),
+            bands: vec![QuorumBand { from: kinko_core::Amount::from_base_units(0), approvals: 1 }],
+        })
+        .collect();
+    SigningQuorum::from_configs(&configs).expect("auto_quorum builds a valid hot_small quorum")
 }

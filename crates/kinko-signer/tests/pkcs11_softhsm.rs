@@ -180,6 +180,7 @@ async fn k21_softhsm_key_signs_eip1559_tx_that_anvil_accepts() {
     let journal = Arc::new(MemoryJournal::new());
     let signer = LocalSigner::new(journal.clone());
     assert_eq!(signer.add_pkcs11_key("hsm-hot-1", key).unwrap(), address);
+    signer.set_quorum(kinko_signer::testing::auto_quorum("hsm-hot-1", &["ETH"])).unwrap();
 
     let anvil = Anvil::spawn(&[]).await.unwrap();
     anvil.send_eth(ACCOUNT0, &address, 10u128.pow(18)).await.unwrap();
@@ -225,6 +226,7 @@ async fn k21_softhsm_signatures_are_always_low_s() {
     let address = key.evm_address();
     let signer = LocalSigner::new(Arc::new(MemoryJournal::new()));
     signer.add_pkcs11_key("hsm-low-s", key.clone()).unwrap();
+    signer.set_quorum(kinko_signer::testing::auto_quorum("hsm-low-s", &["ETH"])).unwrap();
     for nonce in 0..LOW_S_SAMPLES {
         let value = 1_000 + u128::from(nonce);
         let req = request("hsm-low-s", nonce, value, intent(&format!("w{nonce}"), value, &address));

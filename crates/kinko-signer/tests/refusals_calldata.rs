@@ -42,6 +42,7 @@ fn fixture() -> Fixture {
     let journal = Arc::new(MemoryJournal::new());
     let signer = LocalSigner::new(journal.clone());
     let address = signer.add_secp256k1_key(KEY, secret).unwrap();
+    signer.set_quorum(kinko_signer::testing::auto_quorum(KEY, &["ETH", "USDC", "DAI"])).unwrap();
     let mut policy = EvmPolicy::default();
     let usdc = AssetSpec {
         code: "USDC".parse().unwrap(),

@@ -31,6 +31,7 @@ fn hot_secret() -> Zeroizing<[u8; 32]> {
 fn signer_with(journal: Arc<dyn SignerJournal>) -> (LocalSigner, String) {
     let signer = LocalSigner::new(journal);
     let address = signer.add_secp256k1_key(KEY, hot_secret()).unwrap();
+    signer.set_quorum(kinko_signer::testing::auto_quorum(KEY, &["ETH"])).unwrap();
     (signer, address)
 }
 
@@ -426,6 +427,7 @@ async fn k1_wrapped_key_round_trips_through_the_keys_table() {
         bytes.copy_from_slice(&plain);
         let signer = LocalSigner::new(Arc::new(MemoryJournal::new()));
         let address = signer.add_secp256k1_key(&loaded.id, bytes).unwrap();
+        signer.set_quorum(kinko_signer::testing::auto_quorum(&loaded.id, &["ETH"])).unwrap();
         signer.sign_evm(&request(&tx(0, 5, 2, 1), intent("w1", 5, &address))).await.unwrap();
     }
 }

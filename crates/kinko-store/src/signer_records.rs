@@ -58,6 +58,8 @@ pub struct KeyAccessRecord {
     pub intent_hash: String,
     pub actor: String,
     pub terminal: String,
+    /// JSON array of the operator ids whose approvals the signer counted (K12); `[]` when none were needed.
+    pub approvers_json: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,8 +235,8 @@ impl Store {
             SignatureRecorded::NewPayload
         };
         sqlx::query(
-            "INSERT INTO key_access_log (id, at_ms, key_id, operation, payload_sha256, intent_hash, actor, terminal) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO key_access_log (id, at_ms, key_id, operation, payload_sha256, intent_hash, actor, terminal, \
+             approvers_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(access.at_ms)
@@ -244,6 +246,7 @@ impl Store {
         .bind(&access.intent_hash)
         .bind(&access.actor)
         .bind(&access.terminal)
+        .bind(&access.approvers_json)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -253,7 +256,8 @@ impl Store {
     /// The key access log of one key, oldest first, at most `limit` rows.
     pub async fn key_access_log(&self, key_id: &str, limit: i64) -> Result<Vec<KeyAccessRecord>> {
         let rows = sqlx::query(
-            "SELECT at_ms, key_id, operation, payload_sha256, intent_hash, actor, terminal FROM key_access_log \
+            "SELECT at_ms, key_id, operation, payload_sha256, intent_hash, actor, terminal, approvers_json \
+             FROM key_access_log \
              WHERE key_id = $1 ORDER BY at_ms, id LIMIT $2",
         )
         .bind(key_id)
@@ -270,6 +274,7 @@ impl Store {
                     intent_hash: r.try_get("intent_hash")?,
                     actor: r.try_get("actor")?,
                     terminal: r.try_get("terminal")?,
+                    approvers_json: r.try_get("approvers_json")?,
                 })
             })
             .collect()

@@ -180,6 +180,7 @@ async fn k4_kek_rotation_sigkilled_part_way_resumes_every_key_still_signs_and_th
 
     // The hot key unseals through the real path after the rotation and matches its address.
     let signer = seal::unlock_signer(&store, &mk, journal, &[HOT.to_string()], Default::default()).await.unwrap();
+    signer.set_quorum(kinko_signer::testing::auto_quorum(HOT, &["ETH"])).unwrap();
     assert_eq!(signer.address(HOT).as_deref(), Some(hot_address.as_str()));
 
     // …and still SIGNS: a real EIP-1559 transfer through the full signer path (intent check, journal,

@@ -185,10 +185,12 @@ pub enum EntryKind {
     WithdrawalHold,
     WithdrawalRelease,
     WithdrawalSettled,
+    /// A fiat deposit confirmed on the custodian's bank account and approved by operators (M10).
+    FiatDeposit,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 8] = [
+    pub const ALL: [EntryKind; 9] = [
         EntryKind::CustodianFunding,
         EntryKind::DepositDetected,
         EntryKind::DepositConfirmed,
@@ -197,6 +199,7 @@ impl EntryKind {
         EntryKind::WithdrawalHold,
         EntryKind::WithdrawalRelease,
         EntryKind::WithdrawalSettled,
+        EntryKind::FiatDeposit,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -208,6 +211,7 @@ impl EntryKind {
             EntryKind::WithdrawalHold => "withdrawal_hold",
             EntryKind::WithdrawalRelease => "withdrawal_release",
             EntryKind::WithdrawalSettled => "withdrawal_settled",
+            EntryKind::FiatDeposit => "fiat_deposit",
         }
     }
 }
@@ -549,6 +553,22 @@ pub mod postings {
 
     fn one(kind: EntryKind, reference: String, debit: AccountRef, credit: AccountRef, amount: Amount) -> EntryDraft {
         EntryDraft { kind, reference, transfers: vec![Transfer::new(debit, credit, amount)] }
+    }
+
+    /// Holder of the custodian's bank account(s) in the ledger: a fiat deposit is money that arrived there.
+    pub const BANK_HOLDER: &str = "bank";
+
+    /// A fiat deposit seen on the custodian's bank account and approved by operators (M10): the bank
+    /// account (a `wallet:bank:<ASSET>` account, debit-normal like any holding) now holds it, and the
+    /// customer may use it. Reference `fiat_deposit:<request id>`, so one approved request credits once.
+    pub fn fiat_deposit_recorded(request_id: &str, customer: &str, asset: &AssetCode, amount: Amount) -> EntryDraft {
+        one(
+            EntryKind::FiatDeposit,
+            format!("fiat_deposit:{request_id}"),
+            AccountRef::wallet(BANK_HOLDER, asset),
+            AccountRef::customer(AccountKind::Available, customer, asset),
+            amount,
+        )
     }
 
     /// The custodian puts its own money into one of its wallets (e.g. the dev hot-wallet funding).

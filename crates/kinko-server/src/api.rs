@@ -13,6 +13,9 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod ops_auth;
+pub mod ops_registry;
+pub mod ops_requests;
 pub mod problem;
 pub mod withdrawals;
 
@@ -36,10 +39,24 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/withdrawals"),
     ("get", "/v1/withdrawals"),
     ("get", "/v1/withdrawals/{id}"),
+    ("post", "/v1/withdrawals/{id}/cancel"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("post", "/v1/ops/enrolments"),
+    ("post", "/v1/ops/sessions"),
+    ("get", "/v1/ops/me"),
+    ("get", "/v1/ops/operators"),
+    ("get", "/v1/ops/registry/head"),
+    ("post", "/v1/ops/registry-changes"),
+    ("post", "/v1/ops/requests"),
+    ("get", "/v1/ops/requests"),
+    ("get", "/v1/ops/requests/{id}"),
+    ("post", "/v1/ops/requests/{id}/approvals"),
+    ("post", "/v1/ops/requests/{id}/execute"),
+    ("post", "/v1/ops/requests/{id}/inspect"),
+    ("get", "/v1/ops/events"),
 ];
 
 pub fn router(state: AppState) -> Router {
@@ -60,9 +77,22 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/deposits/{id}", get(accounts::get_deposit))
         .route("/v1/withdrawals", post(withdrawals::create_withdrawal).get(withdrawals::list_withdrawals))
         .route("/v1/withdrawals/{id}", get(withdrawals::get_withdrawal))
+        .route("/v1/withdrawals/{id}/cancel", post(withdrawals::cancel_withdrawal))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi))
+        .route("/v1/ops/enrolments", post(ops_auth::enrol))
+        .route("/v1/ops/sessions", post(ops_auth::create_session))
+        .route("/v1/ops/me", get(ops_auth::me))
+        .route("/v1/ops/operators", get(ops_registry::list_operators))
+        .route("/v1/ops/registry/head", get(ops_registry::registry_head))
+        .route("/v1/ops/registry-changes", post(ops_registry::create_registry_change))
+        .route("/v1/ops/requests", post(ops_requests::create_request).get(ops_requests::list_requests))
+        .route("/v1/ops/requests/{id}", get(ops_requests::get_request))
+        .route("/v1/ops/requests/{id}/approvals", post(ops_requests::decide))
+        .route("/v1/ops/requests/{id}/execute", post(ops_requests::execute))
+        .route("/v1/ops/requests/{id}/inspect", post(ops_requests::inspect))
+        .route("/v1/ops/events", get(ops_requests::events))
         .with_state(state)
         .merge(ops_metrics)
         .fallback(not_found)

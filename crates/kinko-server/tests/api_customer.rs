@@ -62,6 +62,7 @@ async fn api(ts: TestStore) -> Api {
         config: Arc::new(config),
         deposit_xpub: Arc::new(xpub),
         hot_wallet: HOT_WALLET.into(),
+        signer: Arc::new(kinko_signer::LocalSigner::new(Arc::new(kinko_signer::StoreJournal(ts.store.clone())))),
     };
     Api { app: kinko_server::api::router(state), ts }
 }

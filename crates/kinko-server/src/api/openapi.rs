@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, auth, ops, problem, withdrawals};
+use super::{accounts, auth, ops, ops_auth, ops_registry, ops_requests, problem, withdrawals};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,11 +17,25 @@ use super::{accounts, auth, ops, problem, withdrawals};
         accounts::get_deposit,
         withdrawals::create_withdrawal,
         withdrawals::get_withdrawal,
+        withdrawals::cancel_withdrawal,
         withdrawals::list_withdrawals,
         ops::healthz,
         ops::readyz,
         ops::metrics,
         ops::openapi,
+        ops_auth::enrol,
+        ops_auth::create_session,
+        ops_auth::me,
+        ops_registry::list_operators,
+        ops_registry::registry_head,
+        ops_registry::create_registry_change,
+        ops_requests::create_request,
+        ops_requests::list_requests,
+        ops_requests::get_request,
+        ops_requests::decide,
+        ops_requests::execute,
+        ops_requests::inspect,
+        ops_requests::events,
     ),
     components(schemas(problem::ProblemBody, problem::FieldError)),
     modifiers(&BearerAuth),

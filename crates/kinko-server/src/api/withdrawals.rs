@@ -8,9 +8,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use kinko_chain::evm::address::{parse_address, to_lower_hex};
 use kinko_core::intent::Intent;
+use kinko_core::operators::Process;
+use kinko_core::policy::{self, Decision, HISTORY_LEN_MAX, PastWithdrawal};
 use kinko_core::withdrawal::WithdrawalStatus;
 use kinko_core::{Amount, AssetCode};
-use kinko_store::withdrawal_requests::{CreateOutcome, CreateWithdrawalError, NewWithdrawal};
+use kinko_store::policies::{CloseOutcome, Gate, PendingApproval, Policed, RequestCloser};
+use kinko_store::withdrawal_requests::{CreateWithdrawalError, NewWithdrawal};
 use kinko_store::withdrawals::WithdrawalRow;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -22,7 +25,9 @@ use super::auth::{Customer, WITHDRAWAL_AUTH_LEVEL_MIN};
 use super::extract::{ApiJson, JsonBody};
 use super::problem::{FieldError, Problem, ProblemBody};
 use crate::AppState;
+use crate::app::HOT_KEY_ID;
 use crate::clock::now_ms;
+use crate::withdrawal_policy;
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 64;
@@ -47,8 +52,14 @@ impl JsonBody for WithdrawalRequest {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct WithdrawalAccepted {
     pub id: String,
+    /// `approved` (automatic) or `pending_approval` (operators must approve first, see `reasons`).
     #[schema(example = "approved")]
     pub status: String,
+    /// Why operator approval is needed (absent when automatic): the policy rules that asked, each an object
+    /// with its `rule` and the numbers it compared (e.g. `{"rule":"per_tx_limit","amount":"…","max":"…"}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub reasons: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -167,7 +178,7 @@ pub fn request_hash(req: &ValidRequest) -> String {
         (status = 409, description = "negative position: withdrawals blocked", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "invalid fields, insufficient balance, or key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields, insufficient balance, key reused with another request, no policy, or refused by policy (`policy-denied`, naming the rules)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_withdrawal(
@@ -191,33 +202,93 @@ pub async fn create_withdrawal(
         customer_id: customer.id.clone(),
         reason: WITHDRAWAL_REASON.to_string(),
     };
-    // Policy and operator approvals come with later issues; today an accepted request is approved.
+    // K11, K20, O1: the hot wallet's policy decides, over the wallet's history read inside the same
+    // transaction that writes the row, the hold and (when approval is needed) the approval request.
+    // A replay returns what the first request got before any policy is consulted, so a policy changed or
+    // removed since cannot turn a retry of an accepted withdrawal into an error. (The store checks again
+    // inside its transaction for a concurrent first request.) A denied request stored nothing and is decided
+    // afresh.
+    if let Some(row) = state.store.withdrawal_by_idempotency_key(&customer.id, &key).await? {
+        if row.request_hash != request_hash {
+            return Err(key_reused());
+        }
+        let reasons = stored_reasons(&state, &row).await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(WithdrawalAccepted { id: row.id, status: row.status.as_str().to_string(), reasons }),
+        ));
+    }
+    let policy = withdrawal_policy::policy_for(&state, HOT_KEY_ID, &req.asset).await?;
+    let intent_hash = hex::encode(intent.hash());
+    let params_json = serde_json::to_string(&serde_json::json!({
+        "asset": req.asset.as_str(),
+        "amount": req.amount.to_string(),
+        "destination": req.destination,
+        "customer": customer.id,
+        // With these the approving operator's terminal recomputes the intent hash it signs.
+        "chain_id": req.chain_id.0,
+        "source_wallet": state.hot_wallet,
+        "reason": WITHDRAWAL_REASON,
+    }))
+    .map_err(Problem::internal)?;
+    let now = now_ms();
+    let decide = |history: &[PastWithdrawal]| {
+        let decision = policy.decide(&policy::Request {
+            wallet: HOT_KEY_ID,
+            asset: &req.asset,
+            amount: req.amount,
+            destination: &req.destination,
+            now_ms: now,
+            // The terminal allowlist is for operators; customers come from anywhere.
+            requester_ip: None,
+            history,
+        });
+        let gate = match &decision {
+            Decision::Auto => Gate::Auto,
+            Decision::Deny { .. } => Gate::Deny,
+            Decision::NeedsApproval { quorum, reasons } => Gate::Pending(PendingApproval {
+                process: Process::Signing.as_str().to_string(),
+                kind: withdrawal_policy::CUSTOMER_WITHDRAWAL_KIND.to_string(),
+                params_json: params_json.clone(),
+                requester: format!("customer:{}", customer.id),
+                requester_terminal: format!("api:{}", state.config.instance_id),
+                required: *quorum,
+                reasons_json: serde_json::to_string(reasons).unwrap_or_else(|_| "[]".into()),
+            }),
+        };
+        (gate, decision)
+    };
+    // The status is set from the gate; `approved` here only satisfies the struct.
     let status = WithdrawalStatus::Requested.transition(WithdrawalStatus::Approved).map_err(Problem::internal)?;
     let new = NewWithdrawal {
         id,
         customer_id: customer.id.clone(),
-        asset: req.asset,
+        asset: req.asset.clone(),
         chain: req.chain.to_string(),
         amount: req.amount,
-        destination: req.destination,
+        destination: req.destination.clone(),
         source_wallet: state.hot_wallet.clone(),
         status,
-        intent_hash: hex::encode(intent.hash()),
+        intent_hash,
         idempotency_key: key,
         request_hash: request_hash.clone(),
     };
-    let row = match state.store.create_withdrawal(&new, now_ms()).await {
-        Ok(CreateOutcome::Created(row)) => row,
-        Ok(CreateOutcome::Existing(row)) if row.request_hash == request_hash => row,
-        Ok(CreateOutcome::Existing(_)) => {
-            return Err(Problem::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused with a different request",
-                IDEMPOTENCY_KEY_HEADER,
-                "was already used for a different withdrawal request",
-            ));
+    let (row, reasons) = match state.store.create_policed_withdrawal(&new, HISTORY_LEN_MAX, decide, now).await {
+        Ok(Policed::Created { row, decided }) => {
+            let reasons = match decided {
+                Decision::NeedsApproval { reasons, .. } => {
+                    reasons.iter().filter_map(|r| serde_json::to_value(r).ok()).collect()
+                }
+                _ => Vec::new(),
+            };
+            (row, reasons)
         }
+        Ok(Policed::Denied(decision)) => return Err(withdrawal_policy::denied(&decision)),
+        Ok(Policed::Existing(row)) if row.request_hash == request_hash => {
+            let reasons = stored_reasons(&state, &row).await?;
+            (row, reasons)
+        }
+        Ok(Policed::Existing(_)) => return Err(key_reused()),
         Err(CreateWithdrawalError::InsufficientAvailable) => {
             return Err(Problem::field(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -237,7 +308,29 @@ pub async fn create_withdrawal(
         }
         Err(CreateWithdrawalError::Store(e)) => return Err(e.into()),
     };
-    Ok((StatusCode::ACCEPTED, Json(WithdrawalAccepted { id: row.id, status: row.status.as_str().to_string() })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(WithdrawalAccepted { id: row.id, status: row.status.as_str().to_string(), reasons }),
+    ))
+}
+
+fn key_reused() -> Problem {
+    Problem::field(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "Idempotency-Key reused with a different request",
+        IDEMPOTENCY_KEY_HEADER,
+        "was already used for a different withdrawal request",
+    )
+}
+
+/// The approval reasons of a replayed pending withdrawal, as the first response gave them.
+async fn stored_reasons(state: &AppState, row: &WithdrawalRow) -> Result<Vec<serde_json::Value>, Problem> {
+    if row.status != WithdrawalStatus::PendingApproval {
+        return Ok(Vec::new());
+    }
+    let Some(json) = state.store.request_reasons_json(&row.id).await? else { return Ok(Vec::new()) };
+    serde_json::from_str(&json).map_err(Problem::internal)
 }
 
 /// One withdrawal. Another customer's withdrawal is 404, as if it did not exist.
@@ -259,6 +352,57 @@ pub async fn get_withdrawal(
         Some(w) if w.customer_id == customer.id => Ok(Json(w.into())),
         _ => Err(Problem::not_found()),
     }
+}
+
+/// Cancel a withdrawal that is still waiting for operator approval: it becomes `cancelled`, the hold is
+/// released, and its approval request is closed so no later approval counts. Once approved (or in any other
+/// state) it cannot be cancelled here: 409.
+#[utoipa::path(
+    post, path = "/v1/withdrawals/{id}/cancel", tag = "withdrawals",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "withdrawal id")),
+    responses(
+        (status = 200, description = "cancelled (or already cancelled)", body = WithdrawalView),
+        (status = 401, description = "no valid session", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "no such withdrawal for this customer", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "not pending approval any more", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_withdrawal(
+    State(state): State<AppState>,
+    customer: Customer,
+    Path(id): Path<String>,
+) -> Result<Json<WithdrawalView>, Problem> {
+    customer.require(WITHDRAWAL_AUTH_LEVEL_MIN)?;
+    let actor = format!("customer:{}", customer.id);
+    let terminal = format!("api:{}", state.config.instance_id);
+    let closer = RequestCloser { actor: &actor, terminal: &terminal };
+    let outcome = state
+        .store
+        .close_pending_withdrawal(
+            &id,
+            Some(&customer.id),
+            WithdrawalStatus::Cancelled,
+            "cancelled by the customer",
+            Some(closer),
+            now_ms(),
+        )
+        .await;
+    let not_pending = |status: WithdrawalStatus| {
+        Problem::new(StatusCode::CONFLICT, "withdrawal-not-pending", "withdrawal cannot be cancelled")
+            .detail(format!("the withdrawal is {status}; only a withdrawal pending approval can be cancelled"))
+    };
+    match outcome {
+        Ok(None) => return Err(Problem::not_found()),
+        Ok(Some(CloseOutcome::Closed | CloseOutcome::NotPending(WithdrawalStatus::Cancelled))) => {}
+        Ok(Some(CloseOutcome::NotPending(status))) => return Err(not_pending(status)),
+        // The approval request moved on (its quorum is being recorded): the withdrawal is no longer the
+        // customer's to cancel.
+        Err(kinko_store::StoreError::Conflict(_)) => return Err(not_pending(WithdrawalStatus::Approved)),
+        Err(e) => return Err(e.into()),
+    }
+    let row = state.store.withdrawal(&id).await?.ok_or_else(Problem::not_found)?;
+    Ok(Json(row.into()))
 }
 
 /// The customer's withdrawals, newest first.

@@ -1,5 +1,7 @@
 //! The withdrawal pipeline (M9a create, M9b send, M13): advances each withdrawal through
 //! `approved → signing → signed → broadcast → confirmed → settled`, one persisted step at a time.
+//! A withdrawal waiting for operators (`pending_approval`) is not claimed; once approved, its collected
+//! approvals travel with every signing request (the first and any fee bump).
 //!
 //! Safety rules, and where each is enforced:
 //! - The nonce and fee plan are persisted before signing (`Store::reserve_nonce`), so re-signing after
@@ -22,7 +24,7 @@ use kinko_core::deposit::confirmations;
 use kinko_core::intent::Intent;
 use kinko_core::withdrawal::WithdrawalStatus;
 use kinko_core::{Amount, ChainId};
-use kinko_signer::{EvmSignRequest, Signer};
+use kinko_signer::{Approval, EvmSignRequest, Signer};
 use kinko_store::Store;
 use kinko_store::pipeline::{FeePlan, Inclusion, TxVersion};
 use kinko_store::withdrawals::WithdrawalRow;
@@ -204,13 +206,22 @@ impl Pipeline {
             // The row was edited after the intent was fixed: refuse rather than sign something else.
             return Err(self.inconsistent(w, "intent hash does not match the withdrawal's fields".into()));
         }
+        // The operators' approvals collected for this withdrawal (none for an automatic one). The signer
+        // verifies each against its own registry and quorum (O2): the status column is not proof of approval.
+        let approvals = self
+            .store
+            .request_approvals(&w.id)
+            .await?
+            .into_iter()
+            .map(|a| Approval { operator_id: a.operator_id, signature_hex: a.signature_hex })
+            .collect();
         let request = EvmSignRequest {
             key_id: self.settings.hot_key_id.clone(),
             chain_id: self.settings.chain_id,
             nonce,
             payload: unsigned.payload.clone(),
             intent,
-            approvals: Vec::new(),
+            approvals,
             actor: format!("pipeline:{}", self.settings.instance_id),
             terminal: self.settings.instance_id.clone(),
         };

@@ -2,5 +2,6 @@
 
 pub mod hd;
 pub mod kek;
+pub mod operator_key;
 pub mod seed;
 pub mod shares;

@@ -1,6 +1,8 @@
 //! `kinko`: crypto-asset custody. See README.md for the quick start and the command reference.
 
 mod keys_cli;
+mod operator_cli;
+mod ops_cli;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,10 @@ enum Cmd {
         /// or `pkcs11` (generated non-extractable inside the `[signer.pkcs11]` token, K21).
         #[arg(long, value_enum, default_value_t = HotKeyBackend::Software)]
         hot_key_backend: HotKeyBackend,
+        /// The registry's genesis file from `kinko operator keygen --first-admin`: registers the first
+        /// administrator (once, while the operator registry is empty) and prints their enrolment token.
+        #[arg(long)]
+        first_admin: Option<PathBuf>,
     },
     /// Send one custodian's share to the signer process (K of N unseal it).
     Unseal {
@@ -104,6 +110,13 @@ enum Cmd {
     },
     /// Print the configuration the dev quick start uses, as TOML: a starting point for your own.
     ConfigExample,
+    /// Your operator approval key (generated on your own terminal) and the registry's bootstrap.
+    Operator {
+        #[command(subcommand)]
+        command: operator_cli::OperatorCmd,
+    },
+    /// The operator API client: enrol, log in, request, approve, execute, inspect, manage the registry.
+    Ops(ops_cli::OpsArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -148,9 +161,30 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Cmd::Init { config, shares, threshold, share_dir, custodians, passphrase_env, hot_key_backend } => {
+            Cmd::Init {
+                config,
+                shares,
+                threshold,
+                share_dir,
+                custodians,
+                passphrase_env,
+                hot_key_backend,
+                first_admin,
+            } => {
+                let config = load_config(&config)?;
+                // Checked before anything is created, so a bad genesis file does not leave a half-done init.
+                if let Some(path) = &first_admin {
+                    operator_cli::verify_genesis(&operator_cli::read_genesis(path)?, kinko_server::clock::now_ms())?;
+                }
                 let options = InitShares { shares, threshold, share_dir, custodians, passphrase_env, hot_key_backend };
-                init(&load_config(&config)?, options).await
+                init(&config, options).await?;
+                match first_admin {
+                    Some(path) => {
+                        let store = Store::connect(&config.database_url).await?;
+                        operator_cli::bootstrap(&store, &path, kinko_server::clock::now_ms()).await
+                    }
+                    None => Ok(()),
+                }
             }
             Cmd::Unseal { config, share, passphrase_env } => {
                 unseal(&load_config(&config)?, &share, passphrase_env.as_deref()).await
@@ -168,6 +202,8 @@ fn main() -> Result<()> {
             Cmd::Dev { data_dir, listen, eth_rpc, block_time } => dev(data_dir, listen, eth_rpc, block_time).await,
             Cmd::Kek { command } => keys_cli::run_kek(command).await,
             Cmd::Key { command } => keys_cli::run_key(command).await,
+            Cmd::Operator { command } => operator_cli::run(command).await,
+            Cmd::Ops(args) => ops_cli::run(args).await,
             Cmd::Ledger { command: LedgerCmd::Verify { config, database_url } } => {
                 let url = match (config, database_url) {
                     (Some(c), _) => load_config(&c)?.database_url,
@@ -351,7 +387,8 @@ async fn signer_serve(config: Config) -> Result<()> {
             .await
             .context("starting the signer")?
             .with_routine_policy(config.signer.routine_policy()?)
-            .with_pkcs11(config.signer.pkcs11.as_ref().map(|p| p.login()).transpose()?),
+            .with_pkcs11(config.signer.pkcs11.as_ref().map(|p| p.login()).transpose()?)
+            .with_quorum(config.signer.signing_quorum()?),
     );
     let path = config.signer_socket();
     let listener =

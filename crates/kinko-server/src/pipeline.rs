@@ -1,4 +1,5 @@
-//! The withdrawal pipeline (M9a create, M9b send, M13): advances each withdrawal through
+//! The withdrawal pipeline (M9a create, M9b send, M10, M13): advances each withdrawal — a customer's, or an
+//! operator-instructed transfer between the custodian's own wallets (`WithdrawalKind`) — through
 //! `approved → signing → signed → broadcast → confirmed → settled`, one persisted step at a time.
 //! A withdrawal waiting for operators (`pending_approval`) is not claimed; once approved, its collected
 //! approvals travel with every signing request (the first and any fee bump).
@@ -166,6 +167,15 @@ impl Pipeline {
 
     /// approved → signing: reserve the nonce and fix the fee plan.
     async fn reserve(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
+        // Ask the signer about the approvals before a nonce is taken: a withdrawal it would refuse (a row
+        // edited to "approved", a quorum the server under-counted) then waits in `approved` with the
+        // signer's reason, instead of holding a nonce every later withdrawal would queue behind.
+        let intent = self.intent(w);
+        if hex::encode(intent.hash()) != w.intent_hash {
+            return Err(self.inconsistent(w, "intent hash does not match the withdrawal's fields".into()));
+        }
+        let check = self.sign_request(intent, 0, Vec::new(), self.approvals(&w.id).await?);
+        self.signer.check_approvals(&check).await?;
         let wallet = parse_address(&w.source_wallet).map_err(|e| self.inconsistent(w, format!("source wallet {e}")))?;
         let chain_nonce = self.read.nonce(wallet, kinko_chain::evm::rpc::NonceAt::Latest).await?;
         let fees = self.read.fee_estimate().await?;
@@ -206,25 +216,7 @@ impl Pipeline {
             // The row was edited after the intent was fixed: refuse rather than sign something else.
             return Err(self.inconsistent(w, "intent hash does not match the withdrawal's fields".into()));
         }
-        // The operators' approvals collected for this withdrawal (none for an automatic one). The signer
-        // verifies each against its own registry and quorum (O2): the status column is not proof of approval.
-        let approvals = self
-            .store
-            .request_approvals(&w.id)
-            .await?
-            .into_iter()
-            .map(|a| Approval { operator_id: a.operator_id, signature_hex: a.signature_hex })
-            .collect();
-        let request = EvmSignRequest {
-            key_id: self.settings.hot_key_id.clone(),
-            chain_id: self.settings.chain_id,
-            nonce,
-            payload: unsigned.payload.clone(),
-            intent,
-            approvals,
-            actor: format!("pipeline:{}", self.settings.instance_id),
-            terminal: self.settings.instance_id.clone(),
-        };
+        let request = self.sign_request(intent, nonce, unsigned.payload.clone(), self.approvals(&w.id).await?);
         let signature = self.signer.sign_evm(&request).await?;
         let SignedEvmTx { raw, tx_hash } = build::assemble_signed(&unsigned.payload, &signature)?;
         Ok(TxVersion {
@@ -346,6 +338,31 @@ impl Pipeline {
         Ok(Step::Wait)
     }
 
+    /// The operators' approvals collected for this withdrawal (none for an automatic one). The signer
+    /// verifies each against its own registry and quorum (O2): the status column is not proof of approval.
+    async fn approvals(&self, id: &str) -> Result<Vec<Approval>, PipelineError> {
+        Ok(self
+            .store
+            .request_approvals(id)
+            .await?
+            .into_iter()
+            .map(|a| Approval { operator_id: a.operator_id, signature_hex: a.signature_hex })
+            .collect())
+    }
+
+    fn sign_request(&self, intent: Intent, nonce: u64, payload: Vec<u8>, approvals: Vec<Approval>) -> EvmSignRequest {
+        EvmSignRequest {
+            key_id: self.settings.hot_key_id.clone(),
+            chain_id: self.settings.chain_id,
+            nonce,
+            payload,
+            intent,
+            approvals,
+            actor: format!("pipeline:{}", self.settings.instance_id),
+            terminal: self.settings.instance_id.clone(),
+        }
+    }
+
     fn intent(&self, w: &WithdrawalRow) -> Intent {
         Intent {
             id: w.id.clone(),
@@ -355,7 +372,8 @@ impl Pipeline {
             destination: w.destination.clone(),
             source_wallet: w.source_wallet.clone(),
             customer_id: w.customer_id.clone(),
-            reason: CUSTOMER_WITHDRAWAL_REASON.into(),
+            // Fixed per kind: a custodian transfer's intent is the one its ops request's approvers signed.
+            reason: w.kind.intent_reason().into(),
         }
     }
 
@@ -365,7 +383,7 @@ impl Pipeline {
 }
 
 /// The reason recorded in a customer withdrawal's intent (the API uses the same text).
-pub const CUSTOMER_WITHDRAWAL_REASON: &str = "customer withdrawal";
+pub const CUSTOMER_WITHDRAWAL_REASON: &str = kinko_core::withdrawal::CUSTOMER_WITHDRAWAL_REASON;
 
 fn cap(mut fees: FeeEstimate, cap_wei: u128) -> FeeEstimate {
     fees.max_fee_per_gas = fees.max_fee_per_gas.min(cap_wei);

@@ -35,6 +35,10 @@ pub use store_journal::StoreJournal;
 /// `(seq, hash)` of the last change of an operator registry log; `None` before genesis.
 pub type RegistryHead = Option<(u64, [u8; 32])>;
 
+/// Bound on the registry log entries one [`Signer::registry_log_since`] answer carries; a caller further
+/// behind asks again from where the answer ended.
+pub const REGISTRY_LOG_PAGE_MAX: usize = 256;
+
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// An operator's approval: an Ed25519 signature, with the operator's personal approval key, over
@@ -104,6 +108,20 @@ pub trait Signer: Send + Sync {
 
     /// `(seq, hash)` of the last change in the signer's registry; `None` before genesis.
     fn registry_head(&self) -> BoxFuture<'_, Result<RegistryHead, SignerError>>;
+
+    /// Checks `req`'s approvals against the signer's own registry and quorum exactly as
+    /// [`Signer::sign_evm`] would, without signing, recording or decoding anything (`payload` and `nonce` are
+    /// ignored). Returns the operators whose approvals counted. The pipeline asks before it reserves a nonce,
+    /// so a withdrawal the signer would refuse never holds a nonce that later withdrawals queue behind; the
+    /// answer is advisory, `sign_evm` checks again.
+    fn check_approvals<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<Vec<String>, SignerError>>;
+
+    /// The signer's registry log from position `seq` on (inclusive), in order, at most
+    /// [`REGISTRY_LOG_PAGE_MAX`] entries, and never beyond the head the signer verified; empty when `seq`
+    /// is past the head. Works sealed. For the server to catch its copy up after a change the signer
+    /// accepted but the server failed to record: the caller verifies what it gets (replays it on top of its
+    /// own log) and never trusts the answer as such.
+    fn registry_log_since<'a>(&'a self, seq: u64) -> BoxFuture<'a, Result<Vec<approvals::LoggedChange>, SignerError>>;
 }
 
 /// Payload bytes as lower-case hex in JSON (for the signer's socket protocol and for logs of requests).

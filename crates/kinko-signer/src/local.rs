@@ -111,6 +111,42 @@ impl SignerRegistry {
         Ok(self.registry.read().map_err(|_| registry_poisoned())?.head())
     }
 
+    /// The log from position `seq` on, at most [`crate::REGISTRY_LOG_PAGE_MAX`] entries (see
+    /// [`Signer::registry_log_since`]). Only what this registry verified is served: rows the journal holds
+    /// beyond the in-memory head (a change being applied right now, or a row appended behind the signer's
+    /// back) are left out, and a log that disagrees with the verified head is an error, never an answer.
+    pub async fn log_since(&self, seq: u64) -> Result<Vec<LoggedChange>, SignerError> {
+        let Some((head_seq, head_hash)) = self.head()? else {
+            return Ok(Vec::new());
+        };
+        if seq > head_seq {
+            return Ok(Vec::new());
+        }
+        let log = self.journal.registry_log().await.map_err(journal_down)?;
+        let page: Vec<LoggedChange> = log
+            .into_iter()
+            .filter(|e| e.change.seq >= seq && e.change.seq <= head_seq)
+            .take(crate::REGISTRY_LOG_PAGE_MAX)
+            .collect();
+        let inconsistent =
+            |what: &str| SignerError::JournalUnavailable(format!("the signer's registry log {what} (from seq {seq})"));
+        if page.is_empty() {
+            return Err(inconsistent("has no entries below the verified head"));
+        }
+        for (i, entry) in page.iter().enumerate() {
+            if Some(entry.change.seq) != seq.checked_add(i as u64) {
+                return Err(inconsistent("has a gap"));
+            }
+        }
+        if let Some(last) = page.last()
+            && last.change.seq == head_seq
+            && last.change.hash().ok() != Some(head_hash)
+        {
+            return Err(inconsistent("does not end in the verified head"));
+        }
+        Ok(page)
+    }
+
     /// Runs `f` on the current registry (read-locked; `f` must not block).
     pub fn with<T>(&self, f: impl FnOnce(&OperatorRegistry) -> T) -> Result<T, SignerError> {
         let registry = self.registry.read().map_err(|_| registry_poisoned())?;
@@ -209,7 +245,7 @@ impl LocalSigner {
 
     /// Checks the approvals of `req` against the signer's own registry and quorum (K8, K11, K12); returns
     /// the operators whose approvals counted.
-    fn check_approvals(&self, req: &EvmSignRequest, now_ms: i64) -> Result<Vec<String>, SignerError> {
+    fn verify_approvals(&self, req: &EvmSignRequest, now_ms: i64) -> Result<Vec<String>, SignerError> {
         let refused = |e: crate::approvals::ApprovalError| SignerError::Refused(e.to_string());
         let quorum = self.quorum.read().map_err(|_| poisoned())?.clone().ok_or_else(|| {
             SignerError::Refused("no signing quorum is configured ([[signer.quorum]]): the signer signs nothing".into())
@@ -378,7 +414,7 @@ impl LocalSigner {
         evm::check_against_intent(&tx, req.chain_id, req.nonce, &req.intent, &key_address, &policy)?;
         // The signer's own quorum, over its own registry: what the server says about approvals counts for
         // nothing here (a compromised server can mark an intent approved, it cannot forge the signatures).
-        let approvers = self.check_approvals(req, now_ms())?;
+        let approvers = self.verify_approvals(req, now_ms())?;
 
         let slot = SlotKey::evm(&req.key_id, req.chain_id, req.nonce);
         let payload_sha256: [u8; 32] = Sha256::digest(&req.payload).into();
@@ -450,6 +486,19 @@ impl Signer for LocalSigner {
 
     fn registry_head(&self) -> BoxFuture<'_, Result<crate::RegistryHead, SignerError>> {
         Box::pin(async move { self.registry()?.head() })
+    }
+
+    fn check_approvals<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<Vec<String>, SignerError>> {
+        Box::pin(async move {
+            if self.is_sealed() {
+                return Err(SignerError::Sealed);
+            }
+            self.verify_approvals(req, now_ms())
+        })
+    }
+
+    fn registry_log_since<'a>(&'a self, seq: u64) -> BoxFuture<'a, Result<Vec<LoggedChange>, SignerError>> {
+        Box::pin(async move { self.registry()?.log_since(seq).await })
     }
 }
 
@@ -672,6 +721,57 @@ mod tests {
         other.requested_at_ms += 1;
         let got = second.apply_registry_change(&other, &sign_change(&other, &[(100, "a1")])).await;
         assert!(matches!(got, Err(SignerError::Refused(ref m)) if m.contains("out of order")), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn o3_registry_log_since_is_bounded_and_stops_at_the_verified_head() {
+        let journal = Arc::new(MemoryJournal::new());
+        let signer = LocalSigner::new(journal.clone());
+        let at_ms = now_ms();
+        for entry in standard_log(at_ms) {
+            signer.apply_registry_change(&entry.change, &entry.approvals).await.unwrap();
+        }
+        // More signing managers than one page holds, each added by a1 and a2.
+        let extra = crate::REGISTRY_LOG_PAGE_MAX + 10;
+        for i in 0..extra {
+            let mut seed = [0x5a; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let kind = RegistryChangeKind::AddOperator {
+                operator_id: format!("sm{i}"),
+                approval_public_key_hex: hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key()),
+                role: Role::SigningManager,
+                expires_at_ms: None,
+            };
+            let change = signer.registry().unwrap().with(|r| next_change(r, "a1", at_ms, kind)).unwrap();
+            signer.apply_registry_change(&change, &sign_change(&change, &[(100, "a1"), (101, "a2")])).await.unwrap();
+        }
+        let (head_seq, head_hash) = signer.registry_head().await.unwrap().unwrap();
+        assert_eq!(head_seq as usize, 7 + extra - 1);
+
+        let first = signer.registry_log_since(0).await.unwrap();
+        assert_eq!(first.len(), crate::REGISTRY_LOG_PAGE_MAX, "one answer is bounded");
+        assert!(first.iter().enumerate().all(|(i, e)| e.change.seq == i as u64));
+        let rest = signer.registry_log_since(crate::REGISTRY_LOG_PAGE_MAX as u64).await.unwrap();
+        assert_eq!(rest.len(), 7 + extra - crate::REGISTRY_LOG_PAGE_MAX);
+        assert_eq!(rest.last().unwrap().change.hash().unwrap(), head_hash);
+        // Replaying both pages gives the signer's head: the answer is the verified log itself.
+        let whole: Vec<LoggedChange> = first.into_iter().chain(rest).collect();
+        assert_eq!(OperatorRegistry::replay(&whole, now_ms()).unwrap().head(), Some((head_seq, head_hash)));
+        assert!(signer.registry_log_since(head_seq + 1).await.unwrap().is_empty());
+        assert!(signer.registry_log_since(u64::MAX).await.unwrap().is_empty());
+
+        // A row appended to the journal behind the signer's back is beyond its verified head: not served.
+        let evil = signer
+            .registry()
+            .unwrap()
+            .with(|r| next_change(r, "a1", at_ms, add_kind("evil", 66, Role::SigningManager, None)))
+            .unwrap();
+        let evil = LoggedChange { approvals: sign_change(&evil, &[(100, "a1")]), change: evil, applied_at_ms: at_ms };
+        journal.append_registry(&evil).await.unwrap();
+        let tail = signer.registry_log_since(head_seq).await.unwrap();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].change.seq, head_seq);
+        assert!(signer.registry_log_since(head_seq + 1).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::seal::SealStatus;
-use crate::server::{LINE_LEN_MAX, Request, WireError, WireHead, WireSecret};
+use crate::server::{LINE_LEN_MAX, Request, WireError, WireHead, WireLoggedChange, WireSecret};
 use crate::{Approval, BoxFuture, EvmSignRequest, Signer, SignerError};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -215,6 +215,33 @@ impl Signer for RemoteSigner {
                 return Err(SignerError::Internal("remote signer: registry_apply reply without applied".into()));
             }
             Ok(())
+        })
+    }
+
+    fn check_approvals<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<Vec<String>, SignerError>> {
+        Box::pin(async move {
+            let v =
+                self.call(&Request::CheckApprovals { request: Box::new(req.clone()) }).await.map_err(signer_error)?;
+            serde_json::from_value(v.get("approvers").cloned().unwrap_or(Value::Null))
+                .map_err(|_| SignerError::Internal("remote signer: check_approvals reply without approvers".into()))
+        })
+    }
+
+    fn registry_log_since<'a>(
+        &'a self,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Vec<crate::approvals::LoggedChange>, SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::RegistryLogSince { seq }).await.map_err(signer_error)?;
+            let bad = |what: &str| SignerError::Internal(format!("remote signer: registry_log_since reply {what}"));
+            let entries: Vec<WireLoggedChange> =
+                serde_json::from_value(v.get("entries").cloned().ok_or_else(|| bad("without entries"))?)
+                    .map_err(|_| bad("does not parse"))?;
+            // The caller verifies the entries; the bound only keeps a misbehaving peer from flooding it.
+            if entries.len() > crate::REGISTRY_LOG_PAGE_MAX {
+                return Err(bad("exceeds REGISTRY_LOG_PAGE_MAX entries"));
+            }
+            Ok(entries.into_iter().map(Into::into).collect())
         })
     }
 

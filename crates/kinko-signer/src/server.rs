@@ -12,7 +12,10 @@
 //! `{"op":"sign_ed25519","request":{"key_id":…,"message":hex,"actor":…,"terminal":…}}`,
 //! `{"op":"registry_apply","change":{…RegistryChange…},"approvals":[{"operator_id":…,"signature_hex":…}]}`
 //! → `{"applied":true,"head":…}`, `{"op":"registry_head"}` → `{"head":null}` or
-//! `{"head":{"seq":…,"hash":hex}}`; each answered `{"ok":…}` or `{"error":{"kind":…,"message":…,"detail":…}}`.
+//! `{"head":{"seq":…,"hash":hex}}`, `{"op":"check_approvals","request":{…EvmSignRequest…}}` →
+//! `{"approvers":[…]}` (nothing signed), `{"op":"registry_log_since","seq":…}` →
+//! `{"entries":[{"change":{…},"approvals":[…],"applied_at_ms":…}]}` (at most
+//! [`crate::REGISTRY_LOG_PAGE_MAX`] entries, fewer if the reply line would exceed [`LINE_LEN_MAX`]); each answered `{"ok":…}` or `{"error":{"kind":…,"message":…,"detail":…}}`.
 //! There is no operation that returns key material.
 //!
 //! The operator registry (K8, O3) is loaded from the signer's own log when the service starts, verifying
@@ -32,7 +35,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::approvals::SigningQuorum;
+use crate::approvals::{LoggedChange, SigningQuorum};
 use crate::journal::SignerJournal;
 use crate::local::SignerRegistry;
 use crate::seal::{self, SealError, SealState, SealStatus, SubmitOutcome};
@@ -90,6 +93,51 @@ pub enum Request {
     },
     /// The registry's last `(seq, hash)`.
     RegistryHead,
+    /// Checks a signing request's approvals without signing (see [`crate::Signer::check_approvals`]).
+    CheckApprovals {
+        request: Box<EvmSignRequest>,
+    },
+    /// The registry log from position `seq` on (see [`crate::Signer::registry_log_since`]).
+    RegistryLogSince {
+        seq: u64,
+    },
+}
+
+/// One registry log entry on the wire (`approvals::LoggedChange`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireLoggedChange {
+    pub change: kinko_core::operator_registry::RegistryChange,
+    pub approvals: Vec<Approval>,
+    pub applied_at_ms: i64,
+}
+
+impl From<LoggedChange> for WireLoggedChange {
+    fn from(e: LoggedChange) -> WireLoggedChange {
+        WireLoggedChange { change: e.change, approvals: e.approvals, applied_at_ms: e.applied_at_ms }
+    }
+}
+
+impl From<WireLoggedChange> for LoggedChange {
+    fn from(e: WireLoggedChange) -> LoggedChange {
+        LoggedChange { change: e.change, approvals: e.approvals, applied_at_ms: e.applied_at_ms }
+    }
+}
+
+/// The `registry_log_since` reply for `entries`, shortened until its line (as `connection` writes it, with
+/// the `{"ok":…}` envelope and the newline) fits in [`LINE_LEN_MAX`], so the client can always read it; the
+/// client asks again from where it ended. At least one entry is kept (one change with its bounded
+/// approvals is a few KiB).
+fn registry_log_reply(entries: Vec<LoggedChange>) -> Value {
+    let mut wire: Vec<WireLoggedChange> = entries.into_iter().map(WireLoggedChange::from).collect();
+    loop {
+        let reply = json!({"entries": wire});
+        let line_len = serde_json::to_vec(&json!({"ok": &reply})).map(|v| v.len() + 1).unwrap_or(usize::MAX);
+        if line_len <= LINE_LEN_MAX || wire.len() <= 1 {
+            return reply;
+        }
+        wire.truncate(wire.len() / 2);
+    }
 }
 
 /// The registry head on the wire: `null` before genesis.
@@ -299,6 +347,11 @@ impl SignerService {
         self.registry.head()
     }
 
+    /// See [`crate::Signer::registry_log_since`]; works sealed or unsealed.
+    pub async fn registry_log_since(&self, seq: u64) -> Result<Vec<LoggedChange>, SignerError> {
+        self.registry.log_since(seq).await
+    }
+
     async fn handle(&self, line: &[u8]) -> Result<Value, WireError> {
         let request: Request = serde_json::from_slice(line)
             .map_err(|e| WireError::new("bad_request", format!("request does not parse: {e}")))?;
@@ -325,6 +378,23 @@ impl SignerService {
                 self.apply_registry_change(&change, &approvals).await.map_err(|e| WireError::from(&e))?;
                 let head = self.registry_head().map_err(|e| WireError::from(&e))?;
                 Ok(json!({"applied": true, "head": WireHead::from_head(head)}))
+            }
+            Request::CheckApprovals { request } => {
+                let signer = self
+                    .inner
+                    .lock()
+                    .await
+                    .signer
+                    .clone()
+                    .ok_or(SignerError::Sealed)
+                    .map_err(|e| WireError::from(&e))?;
+                crate::Signer::check_approvals(&*signer, &request)
+                    .await
+                    .map(|approvers| json!({"approvers": approvers}))
+                    .map_err(|e| WireError::from(&e))
+            }
+            Request::RegistryLogSince { seq } => {
+                self.registry_log_since(seq).await.map(registry_log_reply).map_err(|e| WireError::from(&e))
             }
             Request::RegistryHead => self
                 .registry_head()
@@ -448,6 +518,31 @@ mod tests {
         ts
     }
 
+    #[test]
+    fn o3_registry_log_reply_fits_in_one_line() {
+        // Entries padded with approvals until a whole page would not fit in LINE_LEN_MAX.
+        let mut r = OperatorRegistry::new();
+        let genesis =
+            next_change(&r, "a1", now_ms(), add_kind("a1", 100, kinko_core::operators::Role::Administrator, None));
+        let approvals = sign_change(&genesis, &[(100, "a1")]);
+        r.apply_change(&genesis, &approvals, now_ms()).unwrap();
+        let padded: Vec<Approval> = (0..kinko_core::operators::APPROVALS_PER_REQUEST_MAX)
+            .map(|i| Approval { operator_id: format!("{i:0>64}"), signature_hex: "ab".repeat(64) })
+            .collect();
+        let entry = LoggedChange { change: genesis, approvals: padded, applied_at_ms: now_ms() };
+        let page = vec![entry; crate::REGISTRY_LOG_PAGE_MAX];
+        let full_len = serde_json::to_vec(
+            &json!({"ok": {"entries": page.iter().cloned().map(WireLoggedChange::from).collect::<Vec<_>>()}}),
+        )
+        .unwrap()
+        .len();
+        assert!(full_len > LINE_LEN_MAX, "the test must exceed the line bound ({full_len})");
+        let reply = registry_log_reply(page);
+        let line_len = serde_json::to_vec(&json!({ "ok": reply })).unwrap().len() + 1;
+        assert!(line_len <= LINE_LEN_MAX, "{line_len}");
+        assert!(!reply["entries"].as_array().unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn o3_registry_apply_and_head_over_the_socket_while_sealed() {
         let ts = sealed_store().await;
@@ -481,6 +576,18 @@ mod tests {
         remote.apply_registry_change(&change, &approvals).await.unwrap();
         local.apply_change(&change, &approvals, now_ms()).unwrap();
         assert_eq!(remote.registry_head().await.unwrap(), local.head());
+
+        // The log over the wire, while sealed: from any position to the head, the same changes and
+        // approvals the signer verified; past the head, nothing.
+        let all = remote.registry_log_since(0).await.unwrap();
+        let mut expected_log: Vec<_> = log.iter().map(|e| (e.change.clone(), e.approvals.clone())).collect();
+        expected_log.push((change.clone(), approvals.clone()));
+        assert_eq!(all.iter().map(|e| (e.change.clone(), e.approvals.clone())).collect::<Vec<_>>(), expected_log);
+        assert_eq!(OperatorRegistry::replay(&all, now_ms()).unwrap().head(), local.head());
+        let tail = remote.registry_log_since(6).await.unwrap();
+        assert_eq!(tail.iter().map(|e| e.change.seq).collect::<Vec<_>>(), vec![6, 7]);
+        assert!(remote.registry_log_since(8).await.unwrap().is_empty());
+        assert!(remote.registry_log_since(u64::MAX).await.unwrap().is_empty());
 
         let _ = stop.send(true);
         let _ = server.await;

@@ -12,6 +12,7 @@ use kinko_core::Amount;
 use kinko_core::operator_registry::{RegistryChange, RegistryChangeKind};
 use kinko_core::operators::{ApprovalSubject, Decision, Process, Role};
 use kinko_core::policy::{Action, PolicyClass, QuorumBand};
+use kinko_core::withdrawal::WithdrawalStatus;
 use kinko_server::app::{HOT_KEY_ID, Running};
 use kinko_signer::Approval;
 use kinko_signer::approvals::{QuorumBand as SignerBand, SigningQuorumConfig, sign_approval};
@@ -161,6 +162,10 @@ async fn o2_signer_refuses_m_minus_one_even_when_db_row_edited_to_approved() {
         }
         let w = h.ts.store.withdrawal(&id).await.unwrap().unwrap();
         assert!(!w.status.may_be_on_chain(), "{backend}: never signed: {}", w.status);
+        // The signer is asked before a nonce is taken, so the refused withdrawal holds none and cannot
+        // block the withdrawals behind it.
+        assert_eq!(w.status, WithdrawalStatus::Approved, "{backend}: waits in approved");
+        assert_eq!(w.nonce, None, "{backend}: no nonce reserved for a withdrawal the signer refuses");
         assert!(w.tx_hash.is_none(), "{backend}: no transaction recorded");
         assert!(h.ts.store.tx_versions(&id).await.unwrap().is_empty(), "{backend}: nothing signed");
         assert_eq!(h.nonce_of(&h.hot_wallet).await, nonce_before, "{backend}: no transaction reached the chain");

@@ -283,6 +283,19 @@ pub async fn execute_registry_change(
         append_ops_event_tx(&mut tx, &system_event(&row.id, "failed", serde_json::json!({ "reason": reason }), now_ms))
             .await?;
         tx.commit().await.map_err(Problem::internal)?;
+        let mut reason = reason;
+        // The signer may be ahead of this copy (a change it accepted whose server write failed): catch up
+        // from its log, verified, so the next change can go through. A divergence is logged and copies
+        // nothing (the signer keeps refusing: fail closed).
+        if matches!(e, kinko_signer::SignerError::Refused(_))
+            && let Ok(n @ 1..) =
+                crate::registry_sync::reconcile_registry(&state.store, &*state.signer, crate::clock::now_ms()).await
+        {
+            reason.push_str(&format!(
+                "; the server's registry copy caught up with {n} change(s) from the signer's log: fetch \
+                 GET /v1/ops/registry/head and request the change again"
+            ));
+        }
         return Err(Problem::new(StatusCode::CONFLICT, "signer-refused", "the signer refused the registry change")
             .detail(reason));
     }

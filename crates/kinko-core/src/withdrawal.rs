@@ -107,6 +107,62 @@ impl FromStr for WithdrawalStatus {
     }
 }
 
+/// What a withdrawals row pays (M10, M13). Both travel the same pipeline (nonce, signing with the collected
+/// approvals, broadcast, confirmation depth); they differ in whose money moves, so the settle step posts
+/// by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawalKind {
+    /// A customer's withdrawal: the customer's held amount leaves the hot wallet.
+    CustomerWithdrawal,
+    /// An operator-instructed transfer between the custodian's own wallets (M10): one custodian wallet
+    /// account to another, customer balances untouched.
+    CustodianTransfer,
+}
+
+impl WithdrawalKind {
+    pub const ALL: [WithdrawalKind; 2] = [WithdrawalKind::CustomerWithdrawal, WithdrawalKind::CustodianTransfer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithdrawalKind::CustomerWithdrawal => "customer_withdrawal",
+            WithdrawalKind::CustodianTransfer => "custodian_transfer",
+        }
+    }
+
+    /// The `reason` of the row's intent: fixed per kind, so the intent (and the hash operators sign) is
+    /// rebuilt from the row alone.
+    pub fn intent_reason(self) -> &'static str {
+        match self {
+            WithdrawalKind::CustomerWithdrawal => CUSTOMER_WITHDRAWAL_REASON,
+            WithdrawalKind::CustodianTransfer => CUSTODIAN_TRANSFER_REASON,
+        }
+    }
+}
+
+impl fmt::Display for WithdrawalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WithdrawalKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| format!("unknown withdrawal kind {s:?}"))
+    }
+}
+
+/// The intent reason of a customer withdrawal (the API and the pipeline use the same text).
+pub const CUSTOMER_WITHDRAWAL_REASON: &str = "customer withdrawal";
+/// The intent reason of a custodian transfer (M10).
+pub const CUSTODIAN_TRANSFER_REASON: &str = "custodian transfer";
+/// The reserved `customers` row a custodian transfer's withdrawals row names (inserted by migration 0011):
+/// `withdrawals.customer_id` is `NOT NULL REFERENCES customers`, and the custodian is nobody's customer.
+/// It has no usable e-mail or password, no deposit address and no ledger accounts; it is also the
+/// intent's `customer_id`, so the approved intent says whose transfer it is.
+pub const CUSTODIAN_CUSTOMER_ID: &str = "custodian";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +189,17 @@ mod tests {
     }
 
     /// M13: persisted withdrawal statuses read back as the same state.
+    #[test]
+    fn m10_withdrawal_kinds_round_trip() {
+        for k in WithdrawalKind::ALL {
+            assert_eq!(k.as_str().parse::<WithdrawalKind>().unwrap(), k);
+        }
+        assert_ne!(
+            WithdrawalKind::CustodianTransfer.intent_reason(),
+            WithdrawalKind::CustomerWithdrawal.intent_reason()
+        );
+    }
+
     #[test]
     fn statuses_round_trip() {
         for s in WithdrawalStatus::ALL {

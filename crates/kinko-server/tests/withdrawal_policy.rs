@@ -371,8 +371,9 @@ fn k20_invalid_policy_in_config_is_refused_naming_the_field() {
 }
 
 /// M10: a custodian transfer may only go to one of the custodian's own registered wallets: never a
-/// customer's deposit address, nor an unregistered address, nor the hot wallet itself. Execution itself is
-/// not built yet and is refused (501) rather than half-done.
+/// customer's deposit address, nor an unregistered address, nor the hot wallet itself (each naming
+/// params.destination). Valid params without an approved ops request behind them execute nothing (the full
+/// path is `tests/custodian_transfer.rs` and `crates/kinko/tests/e2e_custodian_transfer.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn m10_custodian_transfer_only_to_the_custodians_own_wallets() {
     for ts in test_stores().await {
@@ -389,7 +390,9 @@ async fn m10_custodian_transfer_only_to_the_custodians_own_wallets() {
             |destination: &str| json!({"asset": "ETH", "amount": ETH.to_string(), "destination": destination});
         let run = |params: Value| {
             let state = api.state.clone();
-            async move { withdrawal_policy::execute_custodian_transfer(&state, "ct-1", &params, &[], "so", 5).await }
+            async move {
+                withdrawal_policy::execute_custodian_transfer(&state, "ct-1", &params, &[], "so", "192.0.2.7", 5).await
+            }
         };
         for (dest, why) in [
             (deposit.as_str(), "customer deposit address"),
@@ -398,13 +401,13 @@ async fn m10_custodian_transfer_only_to_the_custodians_own_wallets() {
         ] {
             let err = run(transfer(dest)).await.unwrap_err();
             assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {why}");
-            assert_eq!(err.body.errors[0].field, "destination", "{name}: {why}");
+            assert_eq!(err.body.errors[0].field, "params.destination", "{name}: {why}");
             assert!(err.body.errors[0].reason.contains(why), "{name}: {:?}", err.body.errors);
         }
         let err = run(json!({"asset": "ETH", "amount": "0", "destination": cold})).await.unwrap_err();
-        assert_eq!(err.body.errors[0].field, "amount", "{name}");
+        assert_eq!(err.body.errors[0].field, "params.amount", "{name}");
         let err = run(transfer(cold)).await.unwrap_err();
-        assert_eq!(err.status, StatusCode::NOT_IMPLEMENTED, "{name}: valid, but not executable yet");
+        assert_eq!(err.status, StatusCode::NOT_FOUND, "{name}: valid, but no such request");
         assert_eq!(api.count("withdrawals").await, 0, "{name}: nothing half-executed");
     }
 }

@@ -413,6 +413,10 @@ impl Store {
 impl Store {
     /// Whether a customer with this id exists (a fiat deposit must name one).
     pub async fn customer_exists(&self, customer_id: &str) -> Result<bool> {
+        // The reserved row that custodian transfers name is not a customer anything may be booked to.
+        if customer_id == kinko_core::withdrawal::CUSTODIAN_CUSTOMER_ID {
+            return Ok(false);
+        }
         Ok(sqlx::query_scalar::<_, String>("SELECT id FROM customers WHERE id = $1")
             .bind(customer_id)
             .fetch_optional(self.pool())

@@ -5,7 +5,7 @@
 
 use kinko_core::Amount;
 use kinko_core::ledger::postings;
-use kinko_core::withdrawal::WithdrawalStatus;
+use kinko_core::withdrawal::{WithdrawalKind, WithdrawalStatus};
 use sqlx::Row;
 
 use crate::ledger::Posted;
@@ -331,7 +331,8 @@ impl Store {
         Ok(())
     }
 
-    /// confirmed → settled, and the ledger posting (held → out of the wallet, fee expensed), atomically.
+    /// confirmed → settled, and the ledger posting (held → out of the wallet, fee expensed; for a custodian
+    /// transfer, source wallet → destination wallet, fee expensed), atomically.
     pub async fn settle_withdrawal(&self, w: &WithdrawalRow, confirmations: u64, now_ms: i64) -> Result<bool> {
         let fee = w.fee.ok_or_else(|| StoreError::Conflict(format!("withdrawal {} has no fee recorded", w.id)))?;
         let mut tx = self.begin_write().await?;
@@ -349,7 +350,16 @@ impl Store {
         if moved == 0 {
             return Ok(false);
         }
-        let draft = postings::withdrawal_settled(&w.id, &w.customer_id, &w.source_wallet, &w.asset, w.amount, fee);
+        // The kind decides whose money moved: a customer's held amount, or the custodian's own coins moving
+        // between two of its wallets (M10), which leaves every customer account as it was.
+        let draft = match w.kind {
+            WithdrawalKind::CustomerWithdrawal => {
+                postings::withdrawal_settled(&w.id, &w.customer_id, &w.source_wallet, &w.asset, w.amount, fee)
+            }
+            WithdrawalKind::CustodianTransfer => {
+                postings::custodian_transfer_settled(&w.id, &w.source_wallet, &w.destination, &w.asset, w.amount, fee)
+            }
+        };
         let posted = self.post_entry(&mut tx, draft, now_ms).await?;
         debug_assert!(matches!(posted, Posted::New(_)), "a withdrawal settles once");
         tx.commit().await?;

@@ -32,6 +32,8 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESPONSE_LEN_MAX: usize = 8 * 1024 * 1024;
 /// The request kind of a customer withdrawal's approval request.
 pub const KIND_CUSTOMER_WITHDRAWAL: &str = "customer_withdrawal";
+/// The ops request kind of a transfer between the custodian's own wallets (M10).
+pub const KIND_CUSTODIAN_TRANSFER: &str = "custodian_transfer";
 
 #[derive(Args)]
 pub struct OpsArgs {
@@ -403,9 +405,11 @@ pub fn recompute_subject(request: &Value) -> Result<ApprovalSubject> {
     let process = Process::parse(process_text).with_context(|| format!("unknown process {process_text:?}"))?;
     let kind = field("kind")?.as_str().context("request kind is not a string")?;
     let params = field("params")?;
-    if kind == KIND_CUSTOMER_WITHDRAWAL {
+    // A custodian transfer (M10) is approved over its withdrawal Intent too; the server stores the same
+    // params for it (customer = the reserved custodian row, reason "custodian transfer").
+    if kind == KIND_CUSTOMER_WITHDRAWAL || kind == KIND_CUSTODIAN_TRANSFER {
         if process != Process::Signing {
-            bail!("a customer_withdrawal request must be process signing, not {process}");
+            bail!("a {kind} request must be process signing, not {process}");
         }
         let intent = withdrawal_intent(id, params)?;
         return Ok(ApprovalSubject::new(process, id, intent.hash())?);
@@ -610,6 +614,19 @@ mod tests {
         partial.as_object_mut().unwrap().remove("reason");
         let missing = request(KIND_CUSTOMER_WITHDRAWAL, "signing", "w-1", partial, i.hash());
         assert!(recompute_subject(&missing).is_err());
+    }
+
+    #[test]
+    fn m10_custodian_transfer_subject_is_its_intent() {
+        let mut i = intent();
+        i.customer_id = "custodian".into();
+        i.reason = "custodian transfer".into();
+        let good = request(KIND_CUSTODIAN_TRANSFER, "signing", "w-1", withdrawal_params(&i), i.hash());
+        check_server_hash(&good, &recompute_subject(&good).unwrap()).unwrap();
+        let mut other = i.clone();
+        other.destination = "0x00000000000000000000000000000000000000cc".into();
+        let tampered = request(KIND_CUSTODIAN_TRANSFER, "signing", "w-1", withdrawal_params(&i), other.hash());
+        assert!(check_server_hash(&tampered, &recompute_subject(&tampered).unwrap()).is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - `signer`: EIP-1559 signatures per second through the full signer path beside raw k256 signing;
 //!   with `--socket` also over the signer process's socket.
 //! - `ed25519`: Ed25519 signatures per second over the signer's socket beside OpenBao's transit engine.
+//! - `login`: customer logins per second through the HTTP API beside raw argon2id verifications per second
+//!   with the same parameters.
 //!
 //! Run through `scripts/bench`, which builds in release mode and starts a temporary PostgreSQL cluster.
 
@@ -26,6 +28,7 @@ use kinko_core::{Amount, AssetCode};
 use kinko_store::Store;
 use sqlx::Connection;
 
+mod login;
 mod scan;
 mod signer;
 mod signer_ed25519;
@@ -65,6 +68,8 @@ enum Cmd {
     Signer(signer::SignerArgs),
     /// Ed25519 signatures/s over the signer's socket beside OpenBao's transit engine (file audit device).
     Ed25519(signer_ed25519::Ed25519Args),
+    /// Customer logins/s through the HTTP API beside raw argon2id verifications/s (same parameters).
+    Login(login::LoginArgs),
 }
 
 /// Concurrent posting tasks in the second PostgreSQL measurement, matching `pgbench -c 4`.
@@ -83,6 +88,7 @@ fn main() -> Result<()> {
         Cmd::Scan(args) => scan::run(args),
         Cmd::Signer(args) => signer::run(args),
         Cmd::Ed25519(args) => signer_ed25519::run(args),
+        Cmd::Login(args) => login::run(args),
     }
 }
 

@@ -187,10 +187,14 @@ pub enum EntryKind {
     WithdrawalSettled,
     /// A fiat deposit confirmed on the custodian's bank account and approved by operators (M10).
     FiatDeposit,
+    /// An operator-instructed transfer between two of the custodian's own wallets settled (M10).
+    CustodianTransfer,
+    /// One customer's available balance moved to another customer's, off chain (M7).
+    InternalTransfer,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 9] = [
+    pub const ALL: [EntryKind; 11] = [
         EntryKind::CustodianFunding,
         EntryKind::DepositDetected,
         EntryKind::DepositConfirmed,
@@ -200,6 +204,8 @@ impl EntryKind {
         EntryKind::WithdrawalRelease,
         EntryKind::WithdrawalSettled,
         EntryKind::FiatDeposit,
+        EntryKind::CustodianTransfer,
+        EntryKind::InternalTransfer,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -212,6 +218,8 @@ impl EntryKind {
             EntryKind::WithdrawalRelease => "withdrawal_release",
             EntryKind::WithdrawalSettled => "withdrawal_settled",
             EntryKind::FiatDeposit => "fiat_deposit",
+            EntryKind::CustodianTransfer => "custodian_transfer",
+            EntryKind::InternalTransfer => "internal_transfer",
         }
     }
 }
@@ -571,6 +579,50 @@ pub mod postings {
         )
     }
 
+    /// A transfer between two of the custodian's own wallets is final (M10): the amount moves from the
+    /// source wallet's account to the destination wallet's, and the network fee is the custodian's expense,
+    /// paid from the source. No customer account moves: customers' claims are unchanged, only where the
+    /// coins sit. Reference `custodian_transfer:<request id>`, so a transfer settles once.
+    pub fn custodian_transfer_settled(
+        transfer_id: &str,
+        source_wallet: &str,
+        destination_wallet: &str,
+        asset: &AssetCode,
+        amount: Amount,
+        fee: Amount,
+    ) -> EntryDraft {
+        let source = AccountRef::wallet(source_wallet, asset);
+        let mut transfers = vec![Transfer::new(AccountRef::wallet(destination_wallet, asset), source.clone(), amount)];
+        if !fee.is_zero() {
+            transfers.push(Transfer::new(AccountRef::network_fees(asset), source, fee));
+        }
+        EntryDraft {
+            kind: EntryKind::CustodianTransfer,
+            reference: format!("custodian_transfer:{transfer_id}"),
+            transfers,
+        }
+    }
+
+    /// An internal transfer between customers (M7): the sender's available balance pays the recipient's
+    /// available balance, same asset, off chain. Nothing leaves a wallet, so the custodian's holdings and
+    /// the sum of customer claims are unchanged; A3 (available never below zero) refuses an over-balance
+    /// transfer. Reference `internal_transfer:<transfer id>`, so a retried transfer moves money once.
+    pub fn internal_transfer(
+        transfer_id: &str,
+        sender: &str,
+        recipient: &str,
+        asset: &AssetCode,
+        amount: Amount,
+    ) -> EntryDraft {
+        one(
+            EntryKind::InternalTransfer,
+            format!("internal_transfer:{transfer_id}"),
+            AccountRef::customer(AccountKind::Available, sender, asset),
+            AccountRef::customer(AccountKind::Available, recipient, asset),
+            amount,
+        )
+    }
+
     /// The custodian puts its own money into one of its wallets (e.g. the dev hot-wallet funding).
     pub fn custodian_funding(reference: String, wallet: &str, asset: &AssetCode, amount: Amount) -> EntryDraft {
         one(
@@ -725,6 +777,26 @@ mod tests {
     }
 
     #[test]
+    fn m7_internal_transfer_moves_available_between_customers_once_and_never_below_zero() {
+        let mut l = Ledger::new();
+        l.post(postings::deposit_detected("d1", "c1", "0xaa", &eth(), amt(100)), 1).unwrap();
+        l.post(postings::deposit_confirmed("d1", "c1", &eth(), amt(100)), 2).unwrap();
+        let available = |l: &Ledger, c: &str| l.balance(&AccountRef::customer(AccountKind::Available, c, &eth()));
+        let before = l.balances().clone();
+        let err = l.post(postings::internal_transfer("t0", "c1", "c2", &eth(), amt(101)), 3).unwrap_err();
+        assert!(matches!(err, LedgerError::WouldGoNegative { .. }), "{err}");
+        assert_eq!(l.balances(), &before, "a refused transfer moves nothing");
+        l.post(postings::internal_transfer("t1", "c1", "c2", &eth(), amt(40)), 3).unwrap();
+        assert_eq!(available(&l, "c1").normal(AccountKind::Available), 60);
+        assert_eq!(available(&l, "c2").normal(AccountKind::Available), 40);
+        // Same (kind, reference): the store treats it as already posted; the draft itself is stable.
+        assert_eq!(postings::internal_transfer("t1", "c1", "c2", &eth(), amt(40)).reference, "internal_transfer:t1");
+        let self_transfer = l.post(postings::internal_transfer("t2", "c1", "c1", &eth(), amt(1)), 4).unwrap_err();
+        assert!(matches!(self_transfer, LedgerError::SameAccount { .. }), "{self_transfer}");
+        l.assert_invariants();
+    }
+
+    #[test]
     fn a1_customer_and_custodian_funds_are_separate_accounts() {
         let mut l = Ledger::new();
         l.post(postings::custodian_funding("f1".into(), "0xhot", &eth(), amt(1000)), 1).unwrap();
@@ -732,6 +804,27 @@ mod tests {
             l.balances().iter().filter(|(a, _)| a.kind.is_customer()).map(|(a, b)| b.normal(a.kind) as u128).sum();
         assert_eq!(customers, 0, "custodian funding never shows up as customer money");
         assert_eq!(l.balance(&AccountRef::equity(&eth())).normal(AccountKind::Equity), 1000);
+    }
+
+    #[test]
+    fn m10_custodian_transfer_moves_wallet_to_wallet_and_leaves_customers_alone() {
+        let mut l = Ledger::new();
+        l.post(postings::custodian_funding("f".into(), "0xhot", &eth(), amt(1000)), 0).unwrap();
+        l.post(postings::deposit_detected("d1", "c1", "0xdep", &eth(), amt(100)), 1).unwrap();
+        l.post(postings::deposit_confirmed("d1", "c1", &eth(), amt(100)), 2).unwrap();
+        let customers = |l: &Ledger| -> Vec<(AccountRef, Balance)> {
+            l.balances().iter().filter(|(a, _)| a.kind.is_customer()).map(|(a, b)| (a.clone(), *b)).collect()
+        };
+        let before = customers(&l);
+        l.post(postings::custodian_transfer_settled("r1", "0xhot", "0xcold", &eth(), amt(600), amt(3)), 3).unwrap();
+        assert_eq!(customers(&l), before, "no customer account moves");
+        let wallet = |w: &str| l.balance(&AccountRef::wallet(w, &eth())).normal(AccountKind::Wallet);
+        assert_eq!((wallet("0xhot"), wallet("0xcold")), (397, 600));
+        assert_eq!(l.balance(&AccountRef::network_fees(&eth())).normal(AccountKind::NetworkFees), 3);
+        // Settles once per request; a transfer the source cannot cover is refused whole (A3).
+        let again = postings::custodian_transfer_settled("r2", "0xhot", "0xcold", &eth(), amt(397), amt(1));
+        assert!(matches!(l.post(again, 4).unwrap_err(), LedgerError::WouldGoNegative { .. }));
+        l.assert_invariants();
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub enum Process {
     PolicyChange,
     /// kinko's own: recording a fiat deposit confirmed on the bank account (M10).
     FiatDeposit,
+    /// kinko's own: restoring a customer account the customer deleted, within its rollback window (U6).
+    /// Its own process (not a reuse of [`Process::FiatDeposit`]) so an approval for one can never be
+    /// replayed as the other, and so that it can never run without an approval.
+    CustomerRestore,
 }
 
 impl Process {
@@ -132,7 +136,7 @@ impl Process {
     pub const TABLE_A1: [Process; 5] =
         [Process::KeyGeneration, Process::KeyStorage, Process::Activation, Process::Signing, Process::Destruction];
     /// Every process, Table A-1's and kinko's own.
-    pub const ALL: [Process; 8] = [
+    pub const ALL: [Process; 9] = [
         Process::KeyGeneration,
         Process::KeyStorage,
         Process::Activation,
@@ -141,6 +145,7 @@ impl Process {
         Process::Personnel,
         Process::PolicyChange,
         Process::FiatDeposit,
+        Process::CustomerRestore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +158,7 @@ impl Process {
             Process::Personnel => "personnel",
             Process::PolicyChange => "policy_change",
             Process::FiatDeposit => "fiat_deposit",
+            Process::CustomerRestore => "customer_restore",
         }
     }
 
@@ -173,7 +179,7 @@ impl Process {
         match self {
             Process::Personnel => Role::Administrator,
             Process::PolicyChange => Role::OperationsManager,
-            Process::FiatDeposit => Role::SigningOperator,
+            Process::FiatDeposit | Process::CustomerRestore => Role::SigningOperator,
             a1 => role_for(a1, Action::Execute).unwrap_or(Role::Administrator),
         }
     }
@@ -190,6 +196,7 @@ impl Process {
             Process::Personnel => 6,
             Process::PolicyChange => 7,
             Process::FiatDeposit => 8,
+            Process::CustomerRestore => 9,
         }
     }
 }
@@ -267,19 +274,21 @@ pub const TABLE_A1: [(Process, Action, Role); 15] = [
 /// nobody can execute them by hand, and an approver is never also the executor.
 ///
 /// ```text
-///                     人事 (personnel)   ポリシー変更   法定通貨入金
-/// 管理者 (admin)       承認               -              -
-/// 運用責任者 (OM)      -                  承認           承認
-/// ログ検査者 (LI)      検査               検査           検査
-/// requested by         admin              OM             SO
+///                     人事 (personnel)   ポリシー変更   法定通貨入金   顧客口座の復元
+/// 管理者 (admin)       承認               -              -              -
+/// 運用責任者 (OM)      -                  承認           承認           承認
+/// ログ検査者 (LI)      検査               検査           検査           検査
+/// requested by         admin              OM             SO             SO
 /// ```
-pub const KINKO_TABLE: [(Process, Action, Role); 6] = [
+pub const KINKO_TABLE: [(Process, Action, Role); 8] = [
     (Process::Personnel, Action::Approve, Role::Administrator),
     (Process::Personnel, Action::Inspect, Role::LogInspector),
     (Process::PolicyChange, Action::Approve, Role::OperationsManager),
     (Process::PolicyChange, Action::Inspect, Role::LogInspector),
     (Process::FiatDeposit, Action::Approve, Role::OperationsManager),
     (Process::FiatDeposit, Action::Inspect, Role::LogInspector),
+    (Process::CustomerRestore, Action::Approve, Role::OperationsManager),
+    (Process::CustomerRestore, Action::Inspect, Role::LogInspector),
 ];
 
 /// The one role [`TABLE_A1`] or [`KINKO_TABLE`] lists for `action` on `process`; `None` when nobody may
@@ -889,7 +898,7 @@ mod tests {
 
     #[test]
     fn k8_kinko_processes_admin_approves_personnel_only_and_nobody_executes_them() {
-        for process in [Process::Personnel, Process::PolicyChange, Process::FiatDeposit] {
+        for process in [Process::Personnel, Process::PolicyChange, Process::FiatDeposit, Process::CustomerRestore] {
             assert!(!process.in_table_a1());
             for role in Role::ALL {
                 assert!(!role_may(role, process, Action::Execute), "{role} may not execute {process}");
@@ -897,6 +906,11 @@ mod tests {
             assert!(role_may(Role::LogInspector, process, Action::Inspect));
         }
         assert!(role_may(Role::Administrator, Process::Personnel, Action::Approve));
+        // U6: a customer restore is asked for by a signing operator and approved by an operations manager.
+        assert_eq!(Process::CustomerRestore.requester_role(), Role::SigningOperator);
+        assert_eq!(role_for(Process::CustomerRestore, Action::Approve), Some(Role::OperationsManager));
+        assert_eq!(Process::CustomerRestore.code(), 9);
+        assert_eq!(Process::parse("customer_restore"), Some(Process::CustomerRestore));
         for process in Process::TABLE_A1 {
             for action in Action::ALL {
                 assert!(!role_may(Role::Administrator, process, action), "admin {action} {process}");

@@ -6,11 +6,16 @@
 //! Mount with [`router`] (its own metrics registry) or [`router_with_metrics`] (a registry the binary
 //! also installs globally).
 
+pub mod account;
 pub mod accounts;
+pub mod address_book;
 pub mod assets;
 pub mod auth;
 pub mod extract;
+pub mod internal_transfers;
+pub mod login_protection;
 pub mod metrics;
+pub mod mfa;
 pub mod openapi;
 pub mod ops;
 pub mod ops_auth;
@@ -21,7 +26,7 @@ pub mod withdrawals;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::AppState;
 pub use metrics::Metrics;
@@ -32,6 +37,17 @@ pub use problem::Problem;
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/customers"),
     ("post", "/v1/sessions"),
+    ("post", "/v1/sessions/step-up"),
+    ("get", "/v1/mfa"),
+    ("post", "/v1/mfa/totp"),
+    ("delete", "/v1/mfa/totp"),
+    ("post", "/v1/mfa/totp/confirm"),
+    ("post", "/v1/mfa/webauthn/register/start"),
+    ("post", "/v1/mfa/webauthn/register/finish"),
+    ("post", "/v1/mfa/webauthn/authenticate/start"),
+    ("post", "/v1/mfa/webauthn/authenticate/finish"),
+    ("get", "/v1/login-history"),
+    ("put", "/v1/transaction-password"),
     ("post", "/v1/deposit-addresses"),
     ("get", "/v1/balances"),
     ("get", "/v1/deposits"),
@@ -40,6 +56,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/withdrawals"),
     ("get", "/v1/withdrawals/{id}"),
     ("post", "/v1/withdrawals/{id}/cancel"),
+    ("post", "/v1/address-book"),
+    ("get", "/v1/address-book"),
+    ("delete", "/v1/address-book/{id}"),
+    ("post", "/v1/wallet-bindings/challenge"),
+    ("post", "/v1/wallet-bindings"),
+    ("get", "/v1/wallet-bindings"),
+    ("post", "/v1/internal-transfers"),
+    ("get", "/v1/internal-transfers"),
+    ("delete", "/v1/account"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -57,6 +82,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/ops/requests/{id}/execute"),
     ("post", "/v1/ops/requests/{id}/inspect"),
     ("get", "/v1/ops/events"),
+    ("get", "/v1/ops/aml-cases"),
 ];
 
 pub fn router(state: AppState) -> Router {
@@ -71,6 +97,16 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
     Router::new()
         .route("/v1/customers", post(auth::create_customer))
         .route("/v1/sessions", post(auth::create_session))
+        .route("/v1/sessions/step-up", post(mfa::step_up))
+        .route("/v1/mfa", get(mfa::status))
+        .route("/v1/mfa/totp", post(mfa::start_totp).delete(mfa::delete_totp))
+        .route("/v1/mfa/totp/confirm", post(mfa::confirm_totp))
+        .route("/v1/mfa/webauthn/register/start", post(mfa::webauthn_register_start))
+        .route("/v1/mfa/webauthn/register/finish", post(mfa::webauthn_register_finish))
+        .route("/v1/mfa/webauthn/authenticate/start", post(mfa::webauthn_authenticate_start))
+        .route("/v1/mfa/webauthn/authenticate/finish", post(mfa::webauthn_authenticate_finish))
+        .route("/v1/login-history", get(login_protection::login_history))
+        .route("/v1/transaction-password", put(mfa::set_transaction_password))
         .route("/v1/deposit-addresses", post(accounts::deposit_address))
         .route("/v1/balances", get(accounts::balances))
         .route("/v1/deposits", get(accounts::list_deposits))
@@ -78,6 +114,15 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/withdrawals", post(withdrawals::create_withdrawal).get(withdrawals::list_withdrawals))
         .route("/v1/withdrawals/{id}", get(withdrawals::get_withdrawal))
         .route("/v1/withdrawals/{id}/cancel", post(withdrawals::cancel_withdrawal))
+        .route("/v1/address-book", post(address_book::add_entry).get(address_book::list_entries))
+        .route("/v1/address-book/{id}", axum::routing::delete(address_book::remove_entry))
+        .route("/v1/wallet-bindings/challenge", post(address_book::create_challenge))
+        .route("/v1/wallet-bindings", post(address_book::bind_wallet).get(address_book::list_bindings))
+        .route(
+            "/v1/internal-transfers",
+            post(internal_transfers::create_internal_transfer).get(internal_transfers::list_internal_transfers),
+        )
+        .route("/v1/account", axum::routing::delete(account::delete_account))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi))
@@ -93,6 +138,7 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/ops/requests/{id}/execute", post(ops_requests::execute))
         .route("/v1/ops/requests/{id}/inspect", post(ops_requests::inspect))
         .route("/v1/ops/events", get(ops_requests::events))
+        .route("/v1/ops/aml-cases", get(crate::aml::list_cases))
         .with_state(state)
         .merge(ops_metrics)
         .fallback(not_found)

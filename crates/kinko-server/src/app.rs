@@ -62,6 +62,8 @@ pub enum AppError {
     NotInitialised,
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("notices: {0}")]
+    Notices(#[from] crate::notices::NoticeSetupError),
 }
 
 /// What `init` created or found.
@@ -318,6 +320,11 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         }
     };
 
+    // A registry change the signer accepted but this server failed to record would block every later one:
+    // catch up now. Never fatal here: an unreachable signer is retried when a change is refused, and a
+    // divergence is logged loudly while registry changes stay refused (fail closed).
+    let _ = crate::registry_sync::reconcile_registry(&store, &*signer, crate::clock::now_ms()).await;
+
     let config = Arc::new(config);
     let state = AppState {
         store: store.clone(),
@@ -326,6 +333,9 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         hot_wallet: hot.address.clone(),
         signer: signer.clone(),
     };
+    // Built before anything starts: a configured channel whose secret is missing refuses the start.
+    crate::aml::announce(&config.aml);
+    let notice_sender = crate::notices::NoticeSender::from_config(store.clone(), &config.instance_id, &config.notices)?;
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -372,6 +382,7 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         poll_interval_ms: config.pipeline.poll_interval_ms,
     };
     let pipeline = Pipeline::new(store.clone(), read, send, signer, settings);
+    tasks.push(tokio::spawn(notice_sender.run(shutdown_rx.clone())));
     tasks.push(tokio::spawn(pipeline.run(shutdown_rx)));
 
     Ok(Running { listen, state, shutdown, tasks })

@@ -32,6 +32,63 @@ pub struct Config {
     /// overrides the entry here. A withdrawal from a (wallet, asset) with no policy is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<kinko_core::policy::PolicyConfig>,
+    #[serde(default)]
+    pub operators: OperatorsConfig,
+    #[serde(default)]
+    pub customer_auth: CustomerAuthConfig,
+    /// `[notices]`: how customer notices leave kinko (SMTP relay, webhook); see
+    /// [`crate::notices::NoticesConfig`]. Default: none sent (they stay pending; a warning at start).
+    #[serde(default)]
+    pub notices: crate::notices::NoticesConfig,
+    /// `[login_protection]`: customer login limits (lockout with back-off, per-IP blocks, static block
+    /// list); see [`crate::api::login_protection::LoginProtectionConfig`].
+    #[serde(default)]
+    pub login_protection: crate::api::login_protection::LoginProtectionConfig,
+    /// `[address_book]`: saved withdrawal destinations (U13); see [`crate::api::address_book::AddressBookConfig`].
+    #[serde(default)]
+    pub address_book: crate::api::address_book::AddressBookConfig,
+    /// `[aml]`: destination screening, AML rules and purpose/beneficiary fields (U14); see
+    /// [`crate::aml::AmlConfig`]. Default: no deny list (screening off, a warning at start).
+    #[serde(default)]
+    pub aml: crate::aml::AmlConfig,
+}
+
+/// `[customer_auth]`: customer second factors (U2). The WebAuthn relying party is the site customers
+/// see: passkeys are bound to `rp_id`, and a browser answers only for `rp_origin`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerAuthConfig {
+    /// WebAuthn relying party id: the customer site's domain (no scheme, no port). Default `localhost`.
+    #[serde(default = "default_rp_id")]
+    pub rp_id: String,
+    /// The origin the customer site is served from; its host must be `rp_id` or a subdomain of it.
+    /// Default `http://localhost:8080`.
+    #[serde(default = "default_rp_origin")]
+    pub rp_origin: String,
+}
+
+impl Default for CustomerAuthConfig {
+    fn default() -> Self {
+        CustomerAuthConfig { rp_id: default_rp_id(), rp_origin: default_rp_origin() }
+    }
+}
+
+fn default_rp_id() -> String {
+    "localhost".into()
+}
+fn default_rp_origin() -> String {
+    "http://localhost:8080".into()
+}
+
+/// `[operators]`: settings of operator-instructed custody operations (M10).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorsConfig {
+    /// A fiat deposit up to this amount (base units of its currency) is booked on the signing operator's
+    /// record of the bank's confirmation alone; above it an operations manager must approve. The default
+    /// 0 sends every fiat deposit to approval.
+    #[serde(default)]
+    pub fiat_deposit_auto_max: kinko_core::Amount,
 }
 
 /// Where signatures come from (S1).
@@ -277,6 +334,12 @@ impl Config {
             pipeline: PipelineConfig::default(),
             signer: SignerConfig { mode: SignerMode::Local, ..Default::default() },
             policies: vec![dev_hot_policy()],
+            operators: OperatorsConfig::default(),
+            customer_auth: CustomerAuthConfig::default(),
+            notices: crate::notices::NoticesConfig::default(),
+            login_protection: Default::default(),
+            address_book: crate::api::address_book::AddressBookConfig::default(),
+            aml: crate::aml::AmlConfig::default(),
         }
     }
 
@@ -350,6 +413,10 @@ impl Config {
         }
         self.policy_set()?;
         self.signer.signing_quorum()?;
+        self.notices.validate()?;
+        self.login_protection.validate()?;
+        self.address_book.validate()?;
+        self.aml.validate()?;
         if let Some(p) = &self.signer.pkcs11 {
             if p.token_label.is_empty() || p.token_label.len() > 32 {
                 return invalid("signer.pkcs11.token_label", "must be 1 to 32 bytes (a PKCS#11 token label)");

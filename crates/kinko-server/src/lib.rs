@@ -1,11 +1,14 @@
 //! kinko's server: the customer interface (M1), deposit detection (M6), the withdrawal pipeline
 //! (M9a/M9b, M13), wired over the store, the chain adapter and the signer.
 
+pub mod aml;
 pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod notices;
 pub mod pipeline;
+pub mod registry_sync;
 pub mod watcher;
 pub mod withdrawal_policy;
 

@@ -65,8 +65,13 @@ fn sha256_hex(s: &str) -> String {
 }
 
 async fn ops(ts: TestStore) -> Ops {
-    let config =
+    ops_with(ts, |_| {}).await
+}
+
+async fn ops_with(ts: TestStore, tweak: impl FnOnce(&mut Config)) -> Ops {
+    let mut config =
         Config::dev_default(std::env::temp_dir(), "127.0.0.1:0".parse().unwrap(), "http://127.0.0.1:8545".into());
+    tweak(&mut config);
     let seed = bip39::Mnemonic::parse(TEST_MNEMONIC).unwrap().to_seed("");
     let master = kinko_keys::hd::master_from_seed(&seed).unwrap();
     let xpub = kinko_keys::hd::evm_deposit_xpub(&master).unwrap();
@@ -222,7 +227,10 @@ impl Ops {
 
     /// The standard staff: two administrators and one person per Table A-1 role (plus a second OM).
     async fn staffed(ts: TestStore) -> Ops {
-        let mut o = ops(ts).await;
+        Ops::staff(ops(ts).await).await
+    }
+
+    async fn staff(mut o: Ops) -> Ops {
         o.genesis("admin1", 1).await;
         o.add("admin2", Role::Administrator, 2, None).await;
         o.add("om1", Role::OperationsManager, 3, None).await;
@@ -600,6 +608,29 @@ async fn m10_fiat_deposit_credits_the_customer_once() {
     }
 }
 
+/// M10: a fiat deposit at or under `[operators] fiat_deposit_auto_max` is booked without approval (and
+/// still recorded, executed by the system, for inspection); one above it waits for an operations manager.
+#[tokio::test]
+async fn m10_fiat_deposit_needs_approval_only_above_the_threshold() {
+    for ts in test_stores().await {
+        let name = ts.name;
+        let o = Ops::staff(ops_with(ts, |c| c.operators.fiat_deposit_auto_max = "100000".parse().unwrap()).await).await;
+        let (customer, _) = o.customer("fiona@example.com").await;
+        let deposit = |amount: &str, reference: &str| json!({"customer_id": customer, "asset": "JPY", "amount": amount, "bank_reference": reference});
+        let small = o.request("so1", "fiat_deposit", "fiat_deposit", deposit("100000", "B-1")).await;
+        assert_eq!(small.status, StatusCode::CREATED, "{name}: {}", small.text);
+        let small_id = small.json["id"].as_str().unwrap().to_string();
+        let row = o.ts.store.ops_request(&small_id).await.unwrap().unwrap();
+        assert_eq!(row.state, "executed", "{name}: at the threshold it is booked at once");
+        let large = o.request("so1", "fiat_deposit", "fiat_deposit", deposit("100001", "B-2")).await;
+        assert_eq!(large.status, StatusCode::CREATED, "{name}: {}", large.text);
+        assert_eq!(large.json["state"], "requested", "{name}: above the threshold it waits: {}", large.text);
+        let jpy: AssetCode = "JPY".parse().unwrap();
+        let balances = o.ts.store.customer_balances(&customer).await.unwrap();
+        assert_eq!(balances[&(jpy, AccountKind::Available)].to_string(), "100000", "{name}: only the small one");
+    }
+}
+
 /// Every ops route is in OPS_AUTHZ, and for every principal (each role, a customer token, no token) a
 /// well-formed call is refused with 401/403 exactly when the table does not list the principal. An
 /// `Anonymous` entry means the endpoint needs no credentials, so every principal may call it.
@@ -792,6 +823,55 @@ async fn k8_authorization_matrix_every_ops_endpoint_every_principal() {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 13 * 8, "{name}: every ops route × every principal");
+        assert_eq!(checked, 14 * 8, "{name}: every ops route × every principal");
+    }
+}
+
+/// U14: compliance reads AML cases over the ops API (log inspectors and operations managers; the matrix
+/// test covers who is refused), filtered by state, with bad filters named.
+#[tokio::test]
+async fn u14_ops_list_aml_cases_for_review() {
+    for ts in test_stores().await {
+        let name = ts.name;
+        let o = Ops::staffed(ts).await;
+        let (customer_id, _) = o.customer("olga@example.com").await;
+        let case = kinko_store::aml::AmlCase {
+            id: "aml_t1".into(),
+            customer_id: customer_id.clone(),
+            rule: "fan_out".into(),
+            dedupe_key: "w_t1".into(),
+            detail_json: json!({"destinations": 5}).to_string(),
+            state: "open".into(),
+            created_at_ms: now_ms(),
+            closed_at_ms: 0,
+        };
+        let event = kinko_store::ops_requests::NewOpsEvent {
+            operator_id: "system".into(),
+            terminal: "test".into(),
+            event: "aml_case_opened".into(),
+            request_id: None,
+            detail_json: json!({"case_id": "aml_t1"}).to_string(),
+            at_ms: now_ms(),
+        };
+        assert!(o.ts.store.open_aml_case(&case, &event).await.unwrap());
+        assert!(!o.ts.store.open_aml_case(&case, &event).await.unwrap(), "{name}: one case per (rule, key)");
+        for who in ["li1", "om1"] {
+            let r = o.call(Method::GET, "/v1/ops/aml-cases", Some(&o.token(who)), None).await;
+            assert_eq!(r.status, StatusCode::OK, "{name}: {who}: {}", r.text);
+            let cases = r.json.as_array().unwrap();
+            assert_eq!(cases.len(), 1, "{name}: {}", r.text);
+            assert_eq!(cases[0]["customer_id"], customer_id.as_str(), "{name}");
+            assert_eq!(
+                (cases[0]["rule"].as_str(), cases[0]["detail"]["destinations"].as_u64()),
+                (Some("fan_out"), Some(5))
+            );
+        }
+        let r = o.call(Method::GET, "/v1/ops/aml-cases?state=closed", Some(&o.token("li1")), None).await;
+        assert_eq!(r.json.as_array().map(Vec::len), Some(0), "{name}: {}", r.text);
+        let r = o.call(Method::GET, "/v1/ops/aml-cases?state=bogus&limit=0", Some(&o.token("li1")), None).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.text);
+        let fields: Vec<&str> =
+            r.json["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+        assert_eq!(fields, ["state", "limit"], "{name}");
     }
 }

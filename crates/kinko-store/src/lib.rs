@@ -5,12 +5,19 @@
 //! Every write that must be atomic runs in a transaction from [`Store::begin_write`]. Amounts are
 //! decimal TEXT; byte strings are lower-case hex.
 
+pub mod account_deletion;
+pub mod address_book;
+pub mod aml;
+pub mod customer_mfa;
 pub mod customers;
 pub mod deposit_detection;
 pub mod deposits;
+pub mod internal_transfers;
 pub mod kek_rotation;
 pub mod key_lifecycle;
 pub mod ledger;
+pub mod login_protection;
+pub mod notices;
 pub mod operators;
 pub mod ops_requests;
 pub mod pipeline;

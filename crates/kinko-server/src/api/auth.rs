@@ -14,6 +14,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -21,11 +22,13 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, JsonBody};
+use super::login_protection::{self, ClientInfo};
 use super::problem::{FieldError, Problem, ProblemBody};
 use crate::AppState;
 use crate::clock::now_ms;
 use kinko_store::StoreError;
 use kinko_store::customers::{CustomerRow, SessionRow};
+use kinko_store::login_protection::{IpBlockReason, LoginAttempt, LoginOutcome};
 
 /// argon2id memory cost in KiB (OWASP minimum: 19 MiB).
 pub const ARGON2_MEMORY_KIB: u32 = 19_456;
@@ -46,6 +49,10 @@ pub enum AuthLevel {
     Password = 1,
     /// Password plus a second factor (TOTP/WebAuthn; the customer-protection issue).
     Mfa = 2,
+    /// A second factor proven within the last [`super::mfa::STEP_UP_TTL_MS`] (U4): never stored as a
+    /// session's `auth_level`, but derived per request from `sessions.stepped_up_until_ms`, so it decays
+    /// back to the stored level by itself.
+    StepUp = 3,
 }
 
 impl AuthLevel {
@@ -137,7 +144,7 @@ pub fn check_password(password: &str) -> Result<(), FieldError> {
     }
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -165,6 +172,10 @@ pub struct SessionCreated {
     /// Bearer token for `Authorization: Bearer …`. Shown once; kinko keeps only its hash.
     pub token: String,
     pub expires_at_ms: i64,
+    /// The customer's previous successful login (U10, U11), so a login that was not theirs stands out;
+    /// null on the first login. The full record is at `GET /v1/login-history`.
+    #[serde(default)]
+    pub previous_login: Option<super::login_protection::LoginView>,
 }
 
 /// Register a customer (M3).
@@ -214,54 +225,130 @@ fn login_failed() -> Problem {
     Problem::unauthorized("e-mail or password is wrong")
 }
 
-/// Log in with e-mail and password; returns a bearer token (M2).
+/// Log in with e-mail and password; returns a bearer token (M2) and the previous login (U10, U11).
+/// Login protection (U10, U12; [`super::login_protection`]): a blocked or block-listed client IP gets 429
+/// with `Retry-After` before anything else; a locked account gets the same 401 as a wrong password; every
+/// attempt on an existing account is recorded; a success notifies the customer.
 #[utoipa::path(
     post, path = "/v1/sessions", tag = "customers",
     request_body = Credentials,
     responses(
         (status = 200, description = "session created", body = SessionCreated),
-        (status = 401, description = "wrong e-mail or password (one answer for both)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "wrong e-mail or password, or logins to the account paused (one answer for all)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "logins from this IP address are blocked (same answer for every account); see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_session(
     State(state): State<AppState>,
+    client: ClientInfo,
     ApiJson(body): ApiJson<Credentials>,
-) -> Result<Json<SessionCreated>, Problem> {
+) -> Result<Response, Problem> {
     let password = SecretString::from(body.password);
+    let now = now_ms();
+    // Before any lookup or hashing: the answer depends on the address only, and costs no argon2 time.
+    if let Some(retry_after_secs) = login_protection::ip_refusal(&state, &client, now).await? {
+        return Ok(login_protection::ip_blocked(retry_after_secs));
+    }
     // Malformed e-mails and out-of-range passwords cannot match any account: same answer as a wrong
     // password, still after a full verification, so the answer says nothing about which part was wrong.
-    let customer = match normalize_email(&body.email) {
-        Ok(email) => state.store.customer_by_email(&email).await?,
+    let normalized = normalize_email(&body.email);
+    let account_key = login_protection::account_key(normalized.as_deref().unwrap_or(body.email.as_str()));
+    let customer = match &normalized {
+        Ok(email) => state.store.customer_by_email(email).await?,
         Err(_) => None,
     };
-    let (phc, customer_id) = match customer {
-        Some(c) => (c.password_hash, Some(c.id)),
-        None => (dummy_hash().to_string(), None),
+    // Unknown e-mails are locked like real accounts (same queries, same answers: no enumeration).
+    let locked = state.store.login_account_locked_until(&account_key, now).await?.is_some();
+    // A locked account's password is not checked (the lock is no guessing oracle), but the dummy
+    // verification keeps the time the same as for any other failure.
+    let phc = match &customer {
+        Some(c) if !locked => c.password_hash.clone(),
+        _ => dummy_hash().to_string(),
     };
     let verified = verify_password(password, phc).await?;
-    let Some(customer_id) = customer_id.filter(|_| verified) else {
-        return Err(login_failed());
+    let attempt = LoginAttempt {
+        id: uuid::Uuid::now_v7().to_string(),
+        customer_id: customer.as_ref().map(|c| c.id.clone()),
+        account_key,
+        ip: client.ip_text(),
+        user_agent: client.user_agent.clone(),
+        at_ms: now,
+    };
+    let customer = match customer {
+        Some(c) if verified && !locked => c,
+        customer => {
+            let outcome = if locked { LoginOutcome::Locked } else { LoginOutcome::WrongPassword };
+            let limits = state.config.login_protection.limits();
+            let lock_notice = |until_ms| {
+                customer
+                    .as_ref()
+                    .map(|c| login_protection::lock_notice(&c.id, &c.email, &attempt.id, &client, now, until_ms))
+            };
+            let effects = state.store.record_login_failure(&attempt, outcome, &limits, lock_notice).await?;
+            if let Some(until_ms) = effects.account_locked_until_ms {
+                tracing::warn!(customer_id = ?attempt.customer_id, ip = %attempt.ip, until_ms, "customer logins paused after repeated wrong passwords");
+            }
+            match effects.ip_blocked {
+                Some((IpBlockReason::Accounts, until_ms)) => tracing::error!(
+                    ip = %attempt.ip, accounts = effects.ip_accounts, failures = effects.ip_failures, until_ms,
+                    "LOGIN ATTACK: many accounts tried from one IP; the IP is blocked (ops event login_attack)"
+                ),
+                Some((IpBlockReason::Failures, until_ms)) => tracing::warn!(
+                    ip = %attempt.ip, failures = effects.ip_failures, until_ms,
+                    "too many failed logins from one IP; the IP is blocked"
+                ),
+                None => {}
+            }
+            return Err(login_failed());
+        }
     };
     let mut raw = [0u8; SESSION_TOKEN_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = hex::encode(raw);
-    let now = now_ms();
     let session = SessionRow {
-        customer_id,
+        customer_id: customer.id.clone(),
         auth_level: AuthLevel::Password as i64,
         created_at_ms: now,
         expires_at_ms: now.saturating_add(SESSION_TTL_MS),
     };
-    state.store.insert_session(&token_hash(&token), &session).await?;
-    Ok(Json(SessionCreated { token, expires_at_ms: session.expires_at_ms }))
+    let notice = login_protection::login_notice(&customer.id, &customer.email, &attempt.id, &client, now);
+    let previous = match state.store.record_login_success(&attempt, &token_hash(&token), &session, &notice).await {
+        Ok(previous) => previous,
+        // Locked or blocked between the check and now: the same answers as if it had been seen first.
+        Err(StoreError::Conflict(_)) => return Err(login_failed()),
+        Err(e) => return Err(e.into()),
+    };
+    let created = SessionCreated {
+        token,
+        expires_at_ms: session.expires_at_ms,
+        previous_login: previous.map(login_protection::LoginView::from),
+    };
+    Ok(Json(created).into_response())
 }
 
 /// The authenticated customer behind a valid, unexpired bearer token.
 #[derive(Clone, Debug)]
 pub struct Customer {
     pub id: String,
+    /// The effective level of this request: [`AuthLevel::StepUp`] while the step-up window is open,
+    /// otherwise the session's stored level.
     pub auth_level: AuthLevel,
     pub session_expires_at_ms: i64,
+    /// End of the step-up window (0 = never stepped up); meaningful only while in the future.
+    pub stepped_up_until_ms: i64,
+    /// Names the session row so that step-up can raise this very session.
+    pub(crate) session: SessionKey,
+}
+
+/// The sha256 of the bearer token, which keys the session row. Not usable as a token, but still kept
+/// out of Debug output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SessionKey(pub(crate) String);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
 }
 
 impl Customer {
@@ -270,8 +357,15 @@ impl Customer {
         if self.auth_level >= level {
             Ok(())
         } else {
-            Err(Problem::new(StatusCode::FORBIDDEN, "step-up-required", "stronger authentication required"))
+            Err(Problem::new(StatusCode::FORBIDDEN, "step-up-required", "stronger authentication required")
+                .detail("prove a second factor first: POST /v1/sessions/step-up or /v1/mfa/webauthn/authenticate"))
         }
+    }
+
+    /// 403 unless a second factor was proven on this session within the last
+    /// [`super::mfa::STEP_UP_TTL_MS`] (U4: changes need a fresh step-up). Handlers of changes call this.
+    pub fn require_fresh_mfa(&self) -> Result<(), Problem> {
+        self.require(AuthLevel::StepUp)
     }
 }
 
@@ -295,17 +389,27 @@ impl FromRequestParts<AppState> for Customer {
         }
         // The lookup compares hashes, not the token: timing can reveal at most a prefix of a sha256,
         // which is no help in forging a token.
-        let session = state
+        let key = token_hash(&token.to_ascii_lowercase());
+        let row = state
             .store
-            .session(&token_hash(&token.to_ascii_lowercase()))
+            .session_with_step_up(&key)
             .await?
             .ok_or_else(|| Problem::unauthorized("unknown or expired session"))?;
-        if session.expires_at_ms <= now_ms() {
+        let session = row.session;
+        let now = now_ms();
+        if session.expires_at_ms <= now {
             return Err(Problem::unauthorized("unknown or expired session"));
         }
-        let auth_level = AuthLevel::from_stored(session.auth_level)
+        let stored = AuthLevel::from_stored(session.auth_level)
             .ok_or_else(|| Problem::internal(format!("session with unknown auth_level {}", session.auth_level)))?;
-        Ok(Customer { id: session.customer_id, auth_level, session_expires_at_ms: session.expires_at_ms })
+        let auth_level = if row.stepped_up_until_ms > now { AuthLevel::StepUp } else { stored };
+        Ok(Customer {
+            id: session.customer_id,
+            auth_level,
+            session_expires_at_ms: session.expires_at_ms,
+            stepped_up_until_ms: row.stepped_up_until_ms,
+            session: SessionKey(key),
+        })
     }
 }
 

@@ -3,7 +3,10 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, auth, ops, ops_auth, ops_registry, ops_requests, problem, withdrawals};
+use super::{
+    account, accounts, address_book, auth, internal_transfers, login_protection, mfa, ops, ops_auth, ops_registry,
+    ops_requests, problem, withdrawals,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -11,6 +14,17 @@ use super::{accounts, auth, ops, ops_auth, ops_registry, ops_requests, problem, 
     paths(
         auth::create_customer,
         auth::create_session,
+        mfa::step_up,
+        mfa::status,
+        mfa::start_totp,
+        mfa::delete_totp,
+        mfa::confirm_totp,
+        mfa::webauthn_register_start,
+        mfa::webauthn_register_finish,
+        mfa::webauthn_authenticate_start,
+        mfa::webauthn_authenticate_finish,
+        mfa::set_transaction_password,
+        login_protection::login_history,
         accounts::deposit_address,
         accounts::balances,
         accounts::list_deposits,
@@ -19,6 +33,15 @@ use super::{accounts, auth, ops, ops_auth, ops_registry, ops_requests, problem, 
         withdrawals::get_withdrawal,
         withdrawals::cancel_withdrawal,
         withdrawals::list_withdrawals,
+        address_book::add_entry,
+        address_book::list_entries,
+        address_book::remove_entry,
+        address_book::create_challenge,
+        address_book::bind_wallet,
+        address_book::list_bindings,
+        internal_transfers::create_internal_transfer,
+        internal_transfers::list_internal_transfers,
+        account::delete_account,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -36,6 +59,7 @@ use super::{accounts, auth, ops, ops_auth, ops_registry, ops_requests, problem, 
         ops_requests::execute,
         ops_requests::inspect,
         ops_requests::events,
+        crate::aml::list_cases,
     ),
     components(schemas(problem::ProblemBody, problem::FieldError)),
     modifiers(&BearerAuth),

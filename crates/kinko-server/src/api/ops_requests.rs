@@ -86,6 +86,8 @@ pub const OPS_AUTHZ: &[(&str, &str, &[Principal])] = &[
     ),
     ("post", "/v1/ops/requests/{id}/inspect", &[Principal::Role(Role::LogInspector)]),
     ("get", "/v1/ops/events", &[Principal::Role(Role::LogInspector), Principal::Role(Role::Administrator)]),
+    // U14: compliance review reads cases; the inspector audits, the operations manager acts on them.
+    ("get", "/v1/ops/aml-cases", &[Principal::Role(Role::LogInspector), Principal::Role(Role::OperationsManager)]),
 ];
 
 /// 403 naming the rule that refused.
@@ -150,6 +152,13 @@ pub fn required_approvals(process: Process) -> u8 {
     OPS_QUORUM
 }
 
+/// Whether a fiat deposit is at or under `[operators] fiat_deposit_auto_max` (0, the default, never is).
+fn fiat_deposit_is_automatic(state: &AppState, params: &serde_json::Value) -> bool {
+    let max = state.config.operators.fiat_deposit_auto_max.base_units();
+    let amount = params.get("amount").and_then(|a| a.as_str()).and_then(|a| a.parse::<u128>().ok());
+    max > 0 && amount.is_some_and(|a| a > 0 && a <= max)
+}
+
 /// Approvals per operator request.
 pub const OPS_QUORUM: u8 = 1;
 
@@ -162,6 +171,7 @@ fn kind_for(process: Process) -> Option<&'static str> {
         Process::Signing => Some("custodian_transfer"),
         Process::PolicyChange => Some("policy_change"),
         Process::FiatDeposit => Some("fiat_deposit"),
+        Process::CustomerRestore => Some(super::account::CUSTOMER_RESTORE_KIND),
         Process::Personnel => None,
     }
 }
@@ -279,7 +289,13 @@ async fn check_params(state: &AppState, kind: &str, params: &serde_json::Value) 
                 errors.push(FieldError::new("params.customer_id", "is not a customer"));
             }
         }
-        "custodian_transfer" => need(&["asset", "amount", "destination"]),
+        // Each field named, including a destination that is not one of the custodian's own wallets (M10).
+        "custodian_transfer" => {
+            crate::withdrawal_policy::check_custodian_transfer(state, params).await?;
+        }
+        super::account::CUSTOMER_RESTORE_KIND => {
+            errors.extend(super::account::check_restore_params(state, params).await?)
+        }
         "policy_change" if params.get("policy").is_none_or(|p| !p.is_object()) => {
             errors.push(FieldError::new("params.policy", "is required (a PolicyConfig object)"));
         }
@@ -323,22 +339,40 @@ pub async fn create_request(
     check_params(&state, kind, &body.params).await?;
     let now = now_ms();
     let id = format!("r_{}", uuid::Uuid::now_v7().simple());
-    let intent = request_intent_hash(process, &id, kind, &body.params);
+    // A custodian transfer (M10) is approved over its withdrawal Intent, the hash the signer verifies the
+    // approvals against; its params gain what an approver's terminal needs to recompute it, and its quorum
+    // comes from the hot wallet's policy.
+    let (params, intent, required) = if kind == crate::withdrawal_policy::CUSTODIAN_TRANSFER_KIND {
+        crate::withdrawal_policy::custodian_transfer_request(&state, &id, &body.params, &op.terminal, now).await?
+    } else {
+        (body.params.clone(), request_intent_hash(process, &id, kind, &body.params), required_approvals(process))
+    };
     let new = NewOpsRequest {
         id: id.clone(),
         process: process.as_str().into(),
         kind: kind.into(),
-        params_json: body.params.to_string(),
+        params_json: params.to_string(),
         intent_hash: hex::encode(intent),
         requester: op.id.clone(),
         requester_terminal: op.terminal.clone(),
-        required: i64::from(required_approvals(process)),
+        required: i64::from(required),
         reasons_json: "[]".into(),
         now_ms: now,
+    };
+    let auto = kind == "fiat_deposit" && fiat_deposit_is_automatic(&state, &body.params);
+    let new = if auto {
+        let reasons = serde_json::json!([{ "rule": "fiat_deposit_auto_max", "decision": "auto" }]);
+        NewOpsRequest { required: 0, reasons_json: reasons.to_string(), ..new }
+    } else {
+        new
     };
     let mut tx = state.store.begin_write().await?;
     insert_ops_request_tx(&mut tx, &new).await?;
     tx.commit().await.map_err(Problem::internal)?;
+    if auto {
+        // Under the configured threshold (M10): no approval; it is booked now, and inspected like any other.
+        on_quorum(&state, &op, &id, now).await?;
+    }
     let row = state.store.ops_request(&id).await?.ok_or_else(Problem::not_found)?;
     Ok((StatusCode::CREATED, Json(request_view(&state, row).await?)))
 }
@@ -593,10 +627,12 @@ async fn on_quorum(state: &AppState, op: &Operator, id: &str, now: i64) -> Resul
     request.execute_automatically(&op.registry.operators(), now).map_err(rule_problem)?;
     match row.kind.as_str() {
         KIND_REGISTRY_CHANGE => execute_registry_change(state, &row, &approvals, now).await,
-        "policy_change" | "fiat_deposit" => {
+        "policy_change" | "fiat_deposit" | super::account::CUSTOMER_RESTORE_KIND => {
             let params: serde_json::Value = serde_json::from_str(&row.params_json).map_err(Problem::internal)?;
             let outcome = if row.kind == "policy_change" {
                 crate::withdrawal_policy::apply_policy_change(state, id, &params, now).await
+            } else if row.kind == super::account::CUSTOMER_RESTORE_KIND {
+                super::account::execute_restore(state, id, &params, now).await
             } else {
                 post_fiat_deposit(state, id, &params, now).await
             };
@@ -729,7 +765,16 @@ pub async fn execute(
         },
         "custodian_transfer" => {
             let approvals = signed_approvals(&state, &id).await?;
-            crate::withdrawal_policy::execute_custodian_transfer(&state, &id, &params, &approvals, &op.id, now).await?
+            crate::withdrawal_policy::execute_custodian_transfer(
+                &state,
+                &id,
+                &params,
+                &approvals,
+                &op.id,
+                &op.terminal,
+                now,
+            )
+            .await?
         }
         other => return Err(Problem::internal(format!("request {id}: cannot execute kind {other}"))),
     };

@@ -21,8 +21,7 @@ use utoipa::ToSchema;
 
 use super::accounts::{hex_0x, page_limit};
 use super::assets::lookup_asset;
-use super::auth::{Customer, WITHDRAWAL_AUTH_LEVEL_MIN};
-use super::extract::{ApiJson, JsonBody};
+use super::auth::Customer;
 use super::problem::{FieldError, Problem, ProblemBody};
 use crate::AppState;
 use crate::app::HOT_KEY_ID;
@@ -43,10 +42,18 @@ pub struct WithdrawalRequest {
     /// 0x-address; mixed case must carry a valid EIP-55 checksum.
     #[schema(example = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8")]
     pub destination: String,
+    /// What the withdrawal is for (U14), 1 to 200 characters; required above `[aml] purpose_required_above`.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// Who ultimately receives the funds (U14), 1 to 200 characters; required above
+    /// `[aml] purpose_required_above`.
+    #[serde(default)]
+    pub beneficiary: Option<String>,
 }
 
-impl JsonBody for WithdrawalRequest {
-    const FIELDS: &'static [&'static str] = &["asset", "amount", "destination"];
+impl crate::aml::JsonBodyOptional for WithdrawalRequest {
+    const REQUIRED: &'static [&'static str] = &["asset", "amount", "destination"];
+    const OPTIONAL: &'static [&'static str] = &["purpose", "beneficiary"];
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -178,19 +185,23 @@ pub fn request_hash(req: &ValidRequest) -> String {
         (status = 409, description = "negative position: withdrawals blocked", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "invalid fields, insufficient balance, key reused with another request, no policy, or refused by policy (`policy-denied`, naming the rules)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields (`purpose`/`beneficiary` missing above the AML threshold), insufficient balance, key reused with another request, no policy, refused by policy (`policy-denied`, naming the rules), or a deny-listed destination (`destination-denied`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "the AML deny list cannot be loaded: withdrawals refused (`aml-screening-unavailable`)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_withdrawal(
     State(state): State<AppState>,
     customer: Customer,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<WithdrawalRequest>,
+    crate::aml::ApiJsonOpt(body): crate::aml::ApiJsonOpt<WithdrawalRequest>,
 ) -> Result<(StatusCode, Json<WithdrawalAccepted>), Problem> {
-    customer.require(WITHDRAWAL_AUTH_LEVEL_MIN)?;
+    super::internal_transfers::require_transfer_auth(&customer)?;
     let key = idempotency_key(&headers)?;
     let req = validate(&state.config, &body)?;
-    let request_hash = request_hash(&req);
+    // U14: purpose and beneficiary, bounded when given, required above the threshold.
+    let (purpose, beneficiary) =
+        crate::aml::check_purpose(&state.config.aml, req.amount, body.purpose.as_deref(), body.beneficiary.as_deref())?;
+    let request_hash = crate::aml::extend_request_hash(request_hash(&req), purpose.as_deref(), beneficiary.as_deref());
     let id = format!("w_{}", uuid::Uuid::now_v7().simple());
     let intent = Intent {
         id: id.clone(),
@@ -232,6 +243,30 @@ pub async fn create_withdrawal(
     }))
     .map_err(Problem::internal)?;
     let now = now_ms();
+    // U14, before anything is written so that a failed screening or case write stops the withdrawal (fail
+    // closed): screen the destination (a deny-listed one is refused and a case opened), record purpose and
+    // beneficiary under the id the withdrawal will get, and open a case for each history rule that matches
+    // (reported, not refused).
+    let screening_key = format!("{}/{key}/{request_hash}", customer.id);
+    let screening_detail = serde_json::json!({
+        "asset": req.asset.as_str(), "amount": req.amount.to_string(), "destination": req.destination,
+    });
+    crate::aml::screen_destination(&state, &customer.id, &req.destination, &screening_key, screening_detail, now)
+        .await?;
+    if purpose.is_some() || beneficiary.is_some() {
+        state
+            .store
+            .insert_withdrawal_aml_details(&id, &customer.id, purpose.as_deref(), beneficiary.as_deref(), now)
+            .await?;
+    }
+    let prospective = kinko_store::aml::PastWithdrawal {
+        id: id.clone(),
+        asset: req.asset.to_string(),
+        amount: req.amount,
+        destination: req.destination.clone(),
+        created_at_ms: now,
+    };
+    crate::aml::review_withdrawal(&state, &customer.id, &prospective, policy.config().per_tx_limit.max, now).await?;
     let decide = |history: &[PastWithdrawal]| {
         let decision = policy.decide(&policy::Request {
             wallet: HOT_KEY_ID,
@@ -373,7 +408,7 @@ pub async fn cancel_withdrawal(
     customer: Customer,
     Path(id): Path<String>,
 ) -> Result<Json<WithdrawalView>, Problem> {
-    customer.require(WITHDRAWAL_AUTH_LEVEL_MIN)?;
+    super::internal_transfers::require_transfer_auth(&customer)?;
     let actor = format!("customer:{}", customer.id);
     let terminal = format!("api:{}", state.config.instance_id);
     let closer = RequestCloser { actor: &actor, terminal: &terminal };
@@ -449,6 +484,8 @@ mod tests {
             asset: "ETH".into(),
             amount: amount.into(),
             destination: dest.into(),
+            purpose: None,
+            beneficiary: None,
         };
         let a = validate(&c, &body("0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "5")).unwrap();
         let b = validate(&c, &body("0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "5")).unwrap();

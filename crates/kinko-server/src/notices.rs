@@ -759,7 +759,7 @@ mod tests {
 
     /// Test tooling: the Maildir reader unfolds headers and decodes the body encodings lettre uses.
     #[test]
-    fn captured_mail_is_parsed() {
+    fn u10_captured_mail_is_parsed() {
         let raw = "From: kinko <a@b.c>\r\nSubject: New\r\n login\r\nContent-Transfer-Encoding: quoted-printable\r\n\
                    X-RcptTo: x@y.z\r\n\r\ncode =3D 1=\r\n23\r\n";
         let m = testing::parse_mail(raw);

@@ -661,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_that_would_change_the_url_path_are_refused() {
+    fn o5_ids_that_would_change_the_url_path_are_refused() {
         assert!(path_segment("w-1").is_ok());
         for bad in ["", "..", "a/b", "a?b", "a b", "%2e"] {
             assert!(path_segment(bad).is_err(), "{bad:?}");

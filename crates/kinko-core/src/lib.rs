@@ -4,14 +4,19 @@
 
 pub mod amount;
 pub mod asset;
+pub mod audit;
 pub mod deposit;
+pub mod freeze;
 pub mod intent;
 pub mod key_lifecycle;
 pub mod ledger;
+pub mod node_health;
+pub mod onboarding;
 pub mod operator_registry;
 pub mod operators;
 pub mod policy;
 pub mod reorg;
+pub mod risk;
 pub mod withdrawal;
 
 pub use amount::{Amount, AmountError};

@@ -129,6 +129,10 @@ pub enum Process {
     /// Its own process (not a reuse of [`Process::FiatDeposit`]) so an approval for one can never be
     /// replayed as the other, and so that it can never run without an approval.
     CustomerRestore,
+    /// kinko's own: lifting an emergency freeze (K19, S5). One person may freeze; lifting needs an
+    /// operations manager to ask and a signing manager — who approves signing — to approve, and the signer
+    /// verifies those approvals itself before it signs again.
+    Unfreeze,
 }
 
 impl Process {
@@ -136,7 +140,7 @@ impl Process {
     pub const TABLE_A1: [Process; 5] =
         [Process::KeyGeneration, Process::KeyStorage, Process::Activation, Process::Signing, Process::Destruction];
     /// Every process, Table A-1's and kinko's own.
-    pub const ALL: [Process; 9] = [
+    pub const ALL: [Process; 10] = [
         Process::KeyGeneration,
         Process::KeyStorage,
         Process::Activation,
@@ -146,6 +150,7 @@ impl Process {
         Process::PolicyChange,
         Process::FiatDeposit,
         Process::CustomerRestore,
+        Process::Unfreeze,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -159,6 +164,7 @@ impl Process {
             Process::PolicyChange => "policy_change",
             Process::FiatDeposit => "fiat_deposit",
             Process::CustomerRestore => "customer_restore",
+            Process::Unfreeze => "unfreeze",
         }
     }
 
@@ -178,7 +184,7 @@ impl Process {
     pub fn requester_role(self) -> Role {
         match self {
             Process::Personnel => Role::Administrator,
-            Process::PolicyChange => Role::OperationsManager,
+            Process::PolicyChange | Process::Unfreeze => Role::OperationsManager,
             Process::FiatDeposit | Process::CustomerRestore => Role::SigningOperator,
             a1 => role_for(a1, Action::Execute).unwrap_or(Role::Administrator),
         }
@@ -197,6 +203,7 @@ impl Process {
             Process::PolicyChange => 7,
             Process::FiatDeposit => 8,
             Process::CustomerRestore => 9,
+            Process::Unfreeze => 10,
         }
     }
 }
@@ -274,13 +281,14 @@ pub const TABLE_A1: [(Process, Action, Role); 15] = [
 /// nobody can execute them by hand, and an approver is never also the executor.
 ///
 /// ```text
-///                     人事 (personnel)   ポリシー変更   法定通貨入金   顧客口座の復元
-/// 管理者 (admin)       承認               -              -              -
-/// 運用責任者 (OM)      -                  承認           承認           承認
-/// ログ検査者 (LI)      検査               検査           検査           検査
-/// requested by         admin              OM             SO             SO
+///                     人事 (personnel)   ポリシー変更   法定通貨入金   顧客口座の復元   凍結解除 (unfreeze)
+/// 管理者 (admin)       承認               -              -              -                -
+/// 運用責任者 (OM)      -                  承認           承認           承認             -
+/// 署名責任者 (SM)      -                  -              -              -                承認
+/// ログ検査者 (LI)      検査               検査           検査           検査             検査
+/// requested by         admin              OM             SO             SO               OM
 /// ```
-pub const KINKO_TABLE: [(Process, Action, Role); 8] = [
+pub const KINKO_TABLE: [(Process, Action, Role); 10] = [
     (Process::Personnel, Action::Approve, Role::Administrator),
     (Process::Personnel, Action::Inspect, Role::LogInspector),
     (Process::PolicyChange, Action::Approve, Role::OperationsManager),
@@ -289,6 +297,8 @@ pub const KINKO_TABLE: [(Process, Action, Role); 8] = [
     (Process::FiatDeposit, Action::Inspect, Role::LogInspector),
     (Process::CustomerRestore, Action::Approve, Role::OperationsManager),
     (Process::CustomerRestore, Action::Inspect, Role::LogInspector),
+    (Process::Unfreeze, Action::Approve, Role::SigningManager),
+    (Process::Unfreeze, Action::Inspect, Role::LogInspector),
 ];
 
 /// The one role [`TABLE_A1`] or [`KINKO_TABLE`] lists for `action` on `process`; `None` when nobody may

@@ -5,6 +5,12 @@
 //! be on the network (a crash can land between broadcast and the state write), so from `signed` on the
 //! only way out is forward to `settled`. Holds are released only before a nonce is reserved, which is
 //! also what keeps the hot wallet's nonce sequence free of gaps.
+//!
+//! A withdrawal that needs the customer's confirmation over a second channel (U4, U9) waits in
+//! `awaiting_confirmation` with its amount held but no operator request and nothing for the pipeline:
+//! only a confirmation moves it on (to the `approved` or `pending_approval` the policy decided at
+//! creation), and an expiry or a cancel closes it with the hold released. It can never reach `signing`
+//! without passing through `approved`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +22,10 @@ use serde::{Deserialize, Serialize};
 pub enum WithdrawalStatus {
     /// Accepted by the API; policy and hold not yet applied.
     Requested,
+    /// Held, waiting for the customer's confirmation over a second channel (U4, U9); never claimed by the
+    /// pipeline, never signed. Confirmed → the decision taken at creation applies; expired or cancelled →
+    /// `cancelled`, hold released.
+    AwaitingConfirmation,
     /// Waiting for operator approvals (the operators issue fills this in).
     PendingApproval,
     /// Policy passed and the amount is held; ready to build.
@@ -39,12 +49,24 @@ pub enum WithdrawalStatus {
 use WithdrawalStatus::*;
 
 impl WithdrawalStatus {
-    pub const ALL: [WithdrawalStatus; 10] =
-        [Requested, PendingApproval, Approved, Signing, Signed, Broadcast, Confirmed, Settled, Failed, Cancelled];
+    pub const ALL: [WithdrawalStatus; 11] = [
+        Requested,
+        AwaitingConfirmation,
+        PendingApproval,
+        Approved,
+        Signing,
+        Signed,
+        Broadcast,
+        Confirmed,
+        Settled,
+        Failed,
+        Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Requested => "requested",
+            AwaitingConfirmation => "awaiting_confirmation",
             PendingApproval => "pending_approval",
             Approved => "approved",
             Signing => "signing",
@@ -70,7 +92,9 @@ impl WithdrawalStatus {
     pub fn can_become(self, next: WithdrawalStatus) -> bool {
         matches!(
             (self, next),
-            (Requested, PendingApproval | Approved | Failed | Cancelled)
+            (Requested, AwaitingConfirmation | PendingApproval | Approved | Failed | Cancelled)
+                // U4: only a second-channel confirmation moves it on, to what the policy decided.
+                | (AwaitingConfirmation, PendingApproval | Approved | Failed | Cancelled)
                 | (PendingApproval, Approved | Failed | Cancelled)
                 | (Approved, Signing | Failed | Cancelled)
                 | (Signing, Signed)
@@ -80,6 +104,17 @@ impl WithdrawalStatus {
                 // A shallow re-org can un-include a transaction; it goes back to waiting.
                 | (Confirmed, Broadcast | Settled)
         )
+    }
+
+    /// Whether the pipeline may ever act on it in this status: never before the customer confirmed (U4) and
+    /// never before operators approved.
+    pub fn is_pipeline_work(self) -> bool {
+        matches!(self, Approved | Signing | Signed | Broadcast | Confirmed)
+    }
+
+    /// Whether the amount is held and nothing has been signed: closing it must release the hold.
+    pub fn holds_unsigned(self) -> bool {
+        matches!(self, AwaitingConfirmation | PendingApproval | Approved)
     }
 
     pub fn transition(self, next: WithdrawalStatus) -> Result<WithdrawalStatus, TransitionError> {
@@ -198,6 +233,73 @@ mod tests {
             WithdrawalKind::CustodianTransfer.intent_reason(),
             WithdrawalKind::CustomerWithdrawal.intent_reason()
         );
+    }
+
+    /// U4: an unconfirmed withdrawal never reaches the signer: nothing leads from `awaiting_confirmation`
+    /// to `signing` except through `approved`, the pipeline has no work in it, and it can only be
+    /// confirmed (to what the policy decided), cancelled or failed, each before anything is signed.
+    #[test]
+    fn u4_awaiting_confirmation_never_reaches_the_signer_directly() {
+        assert!(!AwaitingConfirmation.is_pipeline_work());
+        assert!(!AwaitingConfirmation.may_be_on_chain());
+        assert!(!AwaitingConfirmation.is_terminal());
+        assert!(AwaitingConfirmation.holds_unsigned());
+        let next: Vec<_> = WithdrawalStatus::ALL.into_iter().filter(|s| AwaitingConfirmation.can_become(*s)).collect();
+        assert_eq!(next, [PendingApproval, Approved, Failed, Cancelled]);
+        // Only `requested` leads into it: nothing once approved or later can go back to waiting.
+        let into: Vec<_> = WithdrawalStatus::ALL.into_iter().filter(|s| s.can_become(AwaitingConfirmation)).collect();
+        assert_eq!(into, [Requested]);
+        assert_eq!(AwaitingConfirmation.as_str(), "awaiting_confirmation");
+        assert_eq!(serde_json::to_value(AwaitingConfirmation).unwrap(), "awaiting_confirmation");
+    }
+
+    /// M13: the only status that leads to `signing` is `approved`; pipeline work is exactly the statuses
+    /// from `approved` up to `confirmed`.
+    #[test]
+    fn m13_signing_is_entered_only_from_approved() {
+        let into: Vec<_> = WithdrawalStatus::ALL.into_iter().filter(|s| s.can_become(Signing)).collect();
+        assert_eq!(into, [Approved]);
+        for s in WithdrawalStatus::ALL {
+            // A status holding unsigned money can always be closed (hold released) or move on; once the
+            // pipeline owns a nonce it cannot.
+            if s.holds_unsigned() {
+                assert!(s.can_become(Cancelled) && s.can_become(Failed), "{s}");
+            }
+            assert!(!(s.holds_unsigned() && s.may_be_on_chain()), "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        /// U4, M13: along any sequence of allowed transitions from `requested`, `signing` is reached only
+        /// after `approved`, a path through `awaiting_confirmation` got there only by leaving it first, and
+        /// once `signed` nothing releases the hold (no `failed`/`cancelled`).
+        #[test]
+        fn u4_every_walk_respects_the_confirmation_and_crash_invariants(
+            picks in proptest::collection::vec(0usize..WithdrawalStatus::ALL.len(), 0..40),
+        ) {
+            let mut s = Requested;
+            let mut seen_approved = false;
+            let mut seen_signed = false;
+            for p in picks {
+                let options: Vec<_> = WithdrawalStatus::ALL.into_iter().filter(|n| s.can_become(*n)).collect();
+                if options.is_empty() {
+                    proptest::prop_assert!(s.is_terminal());
+                    break;
+                }
+                let next = options[p % options.len()];
+                proptest::prop_assert!(s.transition(next).is_ok());
+                if next == Signing {
+                    proptest::prop_assert!(seen_approved, "signing without approved");
+                    proptest::prop_assert_eq!(s, Approved);
+                }
+                if seen_signed {
+                    proptest::prop_assert!(!matches!(next, Failed | Cancelled), "released after signing");
+                }
+                seen_approved |= next == Approved;
+                seen_signed |= next == Signed;
+                s = next;
+            }
+        }
     }
 
     #[test]

@@ -12,16 +12,19 @@ pub mod address_book;
 pub mod assets;
 pub mod auth;
 pub mod extract;
+pub mod freezes;
 pub mod internal_transfers;
 pub mod login_protection;
 pub mod metrics;
 pub mod mfa;
+pub mod onboarding;
 pub mod openapi;
 pub mod ops;
 pub mod ops_auth;
 pub mod ops_registry;
 pub mod ops_requests;
 pub mod problem;
+pub mod withdrawal_confirmation;
 pub mod withdrawals;
 
 use axum::Router;
@@ -56,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/withdrawals"),
     ("get", "/v1/withdrawals/{id}"),
     ("post", "/v1/withdrawals/{id}/cancel"),
+    ("post", "/v1/withdrawal-confirmations"),
     ("post", "/v1/address-book"),
     ("get", "/v1/address-book"),
     ("delete", "/v1/address-book/{id}"),
@@ -83,6 +87,24 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/ops/requests/{id}/inspect"),
     ("get", "/v1/ops/events"),
     ("get", "/v1/ops/aml-cases"),
+    ("post", "/v1/ops/freezes"),
+    ("get", "/v1/ops/freezes"),
+    ("get", "/v1/ops/reconciliation"),
+    ("post", "/v1/ops/reconciliation"),
+    ("post", "/v1/ops/maintenance-windows"),
+    ("get", "/v1/ops/maintenance-windows"),
+    ("post", "/v1/ops/maintenance-windows/{id}/cancel"),
+    ("get", "/v1/status"),
+    ("get", "/v1/ops/audit"),
+    ("get", "/v1/ops/audit/inspection"),
+    ("get", "/v1/ops/key-access-log"),
+    ("post", "/v1/email-verifications"),
+    ("post", "/v1/email-verifications/resend"),
+    ("post", "/v1/kyc"),
+    ("get", "/v1/kyc"),
+    ("get", "/v1/ops/kyc"),
+    ("post", "/v1/ops/kyc/{id}/review"),
+    ("post", "/v1/ops/kyc/{id}/decision"),
 ];
 
 pub fn router(state: AppState) -> Router {
@@ -93,7 +115,9 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
     // Pay for the dummy hash now rather than in the first unknown-e-mail login, whose extra latency
     // would otherwise tell that the address is not registered.
     let _ = auth::dummy_hash();
+    onboarding::warn_if_dev_auto_verify(&state.config);
     let ops_metrics = Router::new().route("/metrics", get(ops::metrics)).with_state(metrics.clone());
+    let maintenance = state.store.clone();
     Router::new()
         .route("/v1/customers", post(auth::create_customer))
         .route("/v1/sessions", post(auth::create_session))
@@ -114,6 +138,7 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/withdrawals", post(withdrawals::create_withdrawal).get(withdrawals::list_withdrawals))
         .route("/v1/withdrawals/{id}", get(withdrawals::get_withdrawal))
         .route("/v1/withdrawals/{id}/cancel", post(withdrawals::cancel_withdrawal))
+        .route("/v1/withdrawal-confirmations", post(withdrawal_confirmation::confirm_withdrawal))
         .route("/v1/address-book", post(address_book::add_entry).get(address_book::list_entries))
         .route("/v1/address-book/{id}", axum::routing::delete(address_book::remove_entry))
         .route("/v1/wallet-bindings/challenge", post(address_book::create_challenge))
@@ -139,9 +164,34 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/ops/requests/{id}/inspect", post(ops_requests::inspect))
         .route("/v1/ops/events", get(ops_requests::events))
         .route("/v1/ops/aml-cases", get(crate::aml::list_cases))
+        .route("/v1/ops/freezes", post(freezes::create_freeze).get(freezes::list_freezes))
+        .route("/v1/ops/reconciliation", get(freezes::get_reconciliation).post(freezes::run_reconciliation))
+        .route(
+            "/v1/ops/maintenance-windows",
+            post(crate::maintenance::create_window).get(crate::maintenance::list_windows),
+        )
+        .route("/v1/ops/maintenance-windows/{id}/cancel", post(crate::maintenance::cancel_window))
+        .route("/v1/status", get(crate::maintenance::status))
+        .route("/v1/ops/audit", get(crate::audit::search))
+        .route("/v1/ops/audit/inspection", get(crate::audit::inspection))
+        .route("/v1/ops/key-access-log", get(crate::audit::key_access_log))
+        .route("/v1/email-verifications", post(onboarding::verify_email))
+        .route("/v1/email-verifications/resend", post(onboarding::resend_verification))
+        .route("/v1/kyc", post(onboarding::submit_kyc).get(onboarding::kyc_status))
+        .route("/v1/ops/kyc", get(onboarding::ops_list))
+        .route("/v1/ops/kyc/{id}/review", post(onboarding::ops_review))
+        .route("/v1/ops/kyc/{id}/decision", post(onboarding::ops_decide))
+        // Every audited request is recorded before its handler runs (L2, L4–L6; fail closed with 503).
+        .layer(axum::middleware::from_fn_with_state(
+            crate::audit::AuditLayer::new(&state),
+            crate::audit::record_request,
+        ))
         .with_state(state)
         .merge(ops_metrics)
         .fallback(not_found)
+        // S4: during an announced window every customer route answers 503 with the notice (ops, status and
+        // metrics excepted).
+        .layer(axum::middleware::from_fn_with_state(maintenance, crate::maintenance::gate))
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT_BYTES))
         .layer(axum::middleware::map_response(problem::ensure_problem_json))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))

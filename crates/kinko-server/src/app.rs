@@ -300,6 +300,11 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         }
     }
     let custody = load_custody(&store).await?.ok_or(AppError::NotInitialised)?;
+    // No audit key, or another key than the chain pins: refuse to start rather than refuse every action.
+    crate::audit::AuditSink::from_config(store.clone(), &config)
+        .check(config.audit.public_key.as_deref())
+        .await
+        .map_err(|e| AppError::Keys(e.to_string()))?;
     let xpub = Xpub::from_str(&custody.deposit_xpub).map_err(|e| AppError::Keys(format!("stored xpub: {e}")))?;
 
     let hot = store.key(HOT_KEY_ID).await?.ok_or(AppError::NotInitialised)?;
@@ -316,7 +321,10 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
                 None => None,
             };
             let quorum = config.signer.signing_quorum().map_err(|e| AppError::Keys(e.to_string()))?;
-            Arc::new(unseal_in_process(&store, dev, policy, pkcs11.as_ref(), quorum).await?)
+            let local = unseal_in_process(&store, dev, policy, pkcs11.as_ref(), quorum).await?;
+            // K19: the in-process signer verifies unfreezes with the same M as the signer process would.
+            local.set_unfreeze_approvals(config.emergency.unfreeze_approvals)?;
+            Arc::new(local)
         }
     };
 
@@ -347,7 +355,7 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
     if let Err(e) = metrics.install_global() {
         tracing::debug!(error = %e, "a global metrics recorder is already installed");
     }
-    let router = crate::api::router_with_metrics(state.clone(), metrics);
+    let router = crate::api::router_with_metrics(state.clone(), metrics.clone());
     let mut api_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -366,7 +374,14 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         start_block: config.ethereum.start_block,
         poll_interval: std::time::Duration::from_millis(config.ethereum.poll_interval_ms),
     };
-    tasks.push(tokio::spawn(watch_exclusively(store.clone(), read.clone(), watcher_cfg, shutdown_rx.clone())));
+    let watcher_audit = crate::audit::AuditSink::from_config(store.clone(), &config);
+    tasks.push(tokio::spawn(watch_exclusively(
+        store.clone(),
+        read.clone(),
+        watcher_cfg,
+        watcher_audit,
+        shutdown_rx.clone(),
+    )));
 
     let settings = PipelineSettings {
         chain: ETH_CHAIN.into(),
@@ -381,7 +396,46 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         batch_max: config.pipeline.batch_max,
         poll_interval_ms: config.pipeline.poll_interval_ms,
     };
-    let pipeline = Pipeline::new(store.clone(), read, send, signer, settings);
+    // L3, K19, S5: spend and balance reconciliation; also keeps the signer's freezes in step with the database's.
+    if config.reconciliation.enabled {
+        let reconciler = crate::reconciliation::SpendReconciler::new(
+            ETH_CHAIN,
+            "ETH".parse().expect("static asset code"),
+            config.ethereum.start_block,
+            &config.reconciliation,
+        );
+        tasks.push(tokio::spawn(crate::reconciliation::run(
+            store.clone(),
+            read.clone(),
+            signer.clone(),
+            reconciler,
+            std::time::Duration::from_millis(config.ethereum.poll_interval_ms),
+            config.reconciliation.balance_interval_ms,
+            shutdown_rx.clone(),
+        )));
+    }
+    let audit = crate::audit::AuditSink::from_config(store.clone(), &config);
+    let pipeline = Pipeline::new(store.clone(), read, send, signer, settings).with_audit(audit.clone());
+    tasks.push(tokio::spawn(crate::audit::run_reports(
+        store.clone(),
+        audit,
+        config.audit.inspection_interval_ms,
+        config.notices.webhook_url.is_some().then(|| config.audit.report_recipient.clone()),
+        shutdown_rx.clone(),
+    )));
+    // C6, C7, C10: the node monitor's verdict gates the pipeline; it also feeds the gauges on /metrics.
+    let monitor_targets = crate::node_monitor::MonitorTargets {
+        chain: ETH_CHAIN.into(),
+        asset: "ETH".parse().expect("static asset code"),
+        chain_id: config.ethereum.chain_id,
+        confirmations: config.ethereum.confirmations,
+        instance_id: config.instance_id.clone(),
+        hot_wallet: hot.address.clone(),
+        signer_socket: (config.signer.mode == SignerMode::Remote).then(|| config.signer_socket()),
+    };
+    let monitor =
+        crate::node_monitor::NodeMonitor::new(store.clone(), &config.ethereum, monitor_targets, Some(metrics))?;
+    tasks.push(tokio::spawn(monitor.run(shutdown_rx.clone())));
     tasks.push(tokio::spawn(notice_sender.run(shutdown_rx.clone())));
     tasks.push(tokio::spawn(pipeline.run(shutdown_rx)));
 
@@ -395,6 +449,7 @@ async fn watch_exclusively(
     store: Store,
     read: EvmRpc,
     cfg: crate::watcher::WatcherConfig,
+    audit: crate::audit::AuditSink,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let job = format!("deposit-watcher:{}", cfg.chain);
@@ -405,7 +460,8 @@ async fn watch_exclusively(
         match store.try_exclusive(&job).await {
             Ok(Some(_lease)) => {
                 tracing::info!(%job, "this instance runs deposit detection");
-                crate::watcher::run_deposit_watcher(store.clone(), read.clone(), cfg.clone(), shutdown.clone()).await;
+                let (read, cfg, audit) = (read.clone(), cfg.clone(), audit.clone());
+                crate::watcher::run_deposit_watcher(store.clone(), read, cfg, audit, shutdown.clone()).await;
                 return;
             }
             Ok(None) => tracing::debug!(%job, "another instance runs deposit detection; standing by"),

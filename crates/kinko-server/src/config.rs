@@ -51,6 +51,26 @@ pub struct Config {
     /// [`crate::aml::AmlConfig`]. Default: no deny list (screening off, a warning at start).
     #[serde(default)]
     pub aml: crate::aml::AmlConfig,
+    /// `[emergency]`: lifting freezes (K19, S5); see [`crate::emergency::EmergencyConfig`].
+    #[serde(default)]
+    pub emergency: crate::emergency::EmergencyConfig,
+    /// `[reconciliation]`: spend and balance reconciliation (L3); see
+    /// [`crate::reconciliation::ReconciliationConfig`].
+    #[serde(default)]
+    pub reconciliation: crate::reconciliation::ReconciliationConfig,
+    /// `[audit]`: the audit key file and the periodic inspection report (L2, L4–L6); see
+    /// [`crate::audit::AuditConfig`].
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+    /// `[withdrawal_confirmation]`: when a withdrawal needs the customer's confirmation over a second
+    /// channel (U4, U9) and the risk score's weights; see
+    /// [`crate::api::withdrawal_confirmation::WithdrawalConfirmationConfig`].
+    #[serde(default)]
+    pub withdrawal_confirmation: crate::api::withdrawal_confirmation::WithdrawalConfirmationConfig,
+    /// `[onboarding]`: e-mail verification and KYC (U1, M3); see
+    /// [`crate::api::onboarding::OnboardingConfig`]. `dev_auto_verify` is dev only.
+    #[serde(default)]
+    pub onboarding: crate::api::onboarding::OnboardingConfig,
 }
 
 /// `[customer_auth]`: customer second factors (U2). The WebAuthn relying party is the site customers
@@ -232,6 +252,13 @@ pub struct EthereumConfig {
     /// Ceiling on max_fee_per_gas, in wei: kinko never bids above it, however stuck a transaction is.
     #[serde(default = "default_max_fee_cap")]
     pub max_fee_per_gas_cap_wei: u128,
+    /// Further read nodes (ideally of other operators) that the node monitor cross-checks `rpc_url` against
+    /// (C6, C10); an unreachable one halts withdrawals. Default: none (stall and send-node checks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cross_check_rpc_urls: Vec<String>,
+    /// `[ethereum.monitor]`: node-monitor thresholds; see [`crate::node_monitor::NodeMonitorConfig`].
+    #[serde(default)]
+    pub monitor: crate::node_monitor::NodeMonitorConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -315,6 +342,7 @@ pub enum ConfigError {
 impl Config {
     /// The embedded default: SQLite under `data_dir`, a local node, dev mode.
     pub fn dev_default(data_dir: PathBuf, listen: SocketAddr, eth_rpc: String) -> Config {
+        let mail_dir = data_dir.join("mail");
         Config {
             database_url: format!("sqlite://{}", data_dir.join("kinko.db").display()),
             listen,
@@ -330,16 +358,33 @@ impl Config {
                 poll_interval_ms: 250,
                 stuck_after_ms: 30_000,
                 max_fee_per_gas_cap_wei: default_max_fee_cap(),
+                cross_check_rpc_urls: Vec::new(),
+                // anvil mines only on demand: no new block for minutes is normal there.
+                monitor: crate::node_monitor::NodeMonitorConfig { stall_after_ms: 0, ..Default::default() },
             },
             pipeline: PipelineConfig::default(),
             signer: SignerConfig { mode: SignerMode::Local, ..Default::default() },
             policies: vec![dev_hot_policy()],
             operators: OperatorsConfig::default(),
             customer_auth: CustomerAuthConfig::default(),
-            notices: crate::notices::NoticesConfig::default(),
+            // Dev only: e-mail notices (withdrawal confirmations included) as files to read, and saved
+            // destinations usable at once so the quick start can withdraw; `kinko dev` says so at start.
+            notices: crate::notices::NoticesConfig {
+                mail_dir: Some(mail_dir),
+                ..crate::notices::NoticesConfig::default()
+            },
             login_protection: Default::default(),
-            address_book: crate::api::address_book::AddressBookConfig::default(),
+            address_book: crate::api::address_book::AddressBookConfig { cooling_off_ms: 0 },
             aml: crate::aml::AmlConfig::default(),
+            emergency: Default::default(),
+            reconciliation: Default::default(),
+            audit: crate::audit::AuditConfig::default(),
+            withdrawal_confirmation: Default::default(),
+            // Dev only: new customers are verified at once so the quick start can withdraw (a warning at start).
+            onboarding: crate::api::onboarding::OnboardingConfig {
+                dev_auto_verify: true,
+                ..crate::api::onboarding::OnboardingConfig::default()
+            },
         }
     }
 
@@ -412,11 +457,16 @@ impl Config {
             return invalid("pipeline.batch_max", "must be between 1 and 1000");
         }
         self.policy_set()?;
+        crate::node_monitor::validate_config(&self.ethereum)?;
         self.signer.signing_quorum()?;
         self.notices.validate()?;
         self.login_protection.validate()?;
         self.address_book.validate()?;
         self.aml.validate()?;
+        self.emergency.validate()?;
+        self.reconciliation.validate()?;
+        self.withdrawal_confirmation.validate()?;
+        self.onboarding.validate()?;
         if let Some(p) = &self.signer.pkcs11 {
             if p.token_label.is_empty() || p.token_label.len() > 32 {
                 return invalid("signer.pkcs11.token_label", "must be 1 to 32 bytes (a PKCS#11 token label)");

@@ -4,10 +4,15 @@
 pub mod aml;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod emergency;
+pub mod maintenance;
+pub mod node_monitor;
 pub mod notices;
 pub mod pipeline;
+pub mod reconciliation;
 pub mod registry_sync;
 pub mod watcher;
 pub mod withdrawal_policy;

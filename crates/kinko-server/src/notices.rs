@@ -20,7 +20,7 @@ use kinko_store::notices::{Notice, NoticeChannel, NoticeState, RetryPolicy};
 use kinko_store::{Store, StoreError};
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -43,15 +43,21 @@ pub const LEASE_MS: i64 = 4 * DELIVERY_TIMEOUT.as_millis() as i64;
 /// Bound on notices delivered per poll (the loop polls again at once while there is more).
 pub const BATCH_MAX: u32 = 32;
 
-/// `[notices]`: how customer notices leave kinko. Without `smtp_host` (the dev default) e-mail notices
-/// are not sent: they stay `pending` in the outbox and a warning is logged at start. Without
-/// `webhook_url`, webhook notices likewise stay pending.
+/// `[notices]`: how customer notices leave kinko. E-mail goes by SMTP (`smtp_host`) or, for dev and tests
+/// only, into files (`mail_dir`, the dev default `<data_dir>/mail`); with neither, e-mail notices are not
+/// sent: they stay `pending` in the outbox and a warning is logged at start. Without `webhook_url`,
+/// webhook notices likewise stay pending.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NoticesConfig {
-    /// The SMTP relay's host name. Unset: e-mail notices are not sent.
+    /// The SMTP relay's host name. Unset: e-mail notices are not sent (unless `mail_dir` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_host: Option<String>,
+    /// DEV AND TESTS ONLY: write each e-mail notice as a file (`<uuid>.eml`, the raw message) into this
+    /// directory instead of sending it, so a developer or a test can read what a customer would get
+    /// (confirmation tokens included: keep the directory private). Not together with `smtp_host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_dir: Option<std::path::PathBuf>,
     /// The relay's port (default 587, submission with STARTTLS).
     #[serde(default = "default_smtp_port")]
     pub smtp_port: u16,
@@ -94,6 +100,7 @@ impl Default for NoticesConfig {
     fn default() -> Self {
         NoticesConfig {
             smtp_host: None,
+            mail_dir: None,
             smtp_port: default_smtp_port(),
             smtp_from: None,
             smtp_starttls: true,
@@ -153,6 +160,14 @@ impl NoticesConfig {
     /// only when the sender starts ([`NoticeSender::from_config`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        if let Some(dir) = &self.mail_dir {
+            if self.smtp_host.is_some() {
+                return invalid("notices.mail_dir", "give smtp_host or mail_dir, not both (one e-mail transport)");
+            }
+            if dir.as_os_str().is_empty() {
+                return invalid("notices.mail_dir", "must be a directory path");
+            }
+        }
         if let Some(host) = &self.smtp_host {
             if host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return invalid("notices.smtp_host", "must be a host name or address");
@@ -232,9 +247,18 @@ struct Webhook {
 }
 
 struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: MailTransport,
     from: Mailbox,
 }
+
+/// How e-mail leaves: an SMTP relay, or (dev and tests) files in a directory.
+enum MailTransport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>),
+}
+
+/// The sender mailbox of file-transport mail (nothing is sent, but a message needs a From).
+pub const MAIL_DIR_FROM: &str = "kinko dev <no-reply@kinko.invalid>";
 
 /// Drains the outbox. Build it with [`NoticeSender::from_config`]; run it with [`NoticeSender::run`]
 /// (the server does, next to the pipeline) or step it with [`NoticeSender::run_once`].
@@ -279,9 +303,19 @@ impl NoticeSender {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, NoticeSetupError> {
         config.validate()?;
-        let mailer = match &config.smtp_host {
-            None => None,
-            Some(host) => {
+        let mailer = match (&config.smtp_host, &config.mail_dir) {
+            (None, None) => None,
+            (None, Some(dir)) => {
+                create_private_dir(dir).map_err(|e| ConfigError::Invalid {
+                    field: "notices.mail_dir",
+                    reason: format!("cannot create {}: {e}", dir.display()),
+                })?;
+                let from = MAIL_DIR_FROM
+                    .parse::<Mailbox>()
+                    .map_err(|e| ConfigError::Invalid { field: "notices.mail_dir", reason: e.to_string() })?;
+                Some(Mailer { transport: MailTransport::File(AsyncFileTransport::new(dir)), from })
+            }
+            (Some(host), _) => {
                 let builder = if config.smtp_starttls {
                     AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
                         .map_err(|e| NoticeSetupError::Smtp(e.to_string()))?
@@ -305,7 +339,7 @@ impl NoticeSender {
                     .unwrap_or_default()
                     .parse::<Mailbox>()
                     .map_err(|e| ConfigError::Invalid { field: "notices.smtp_from", reason: e.to_string() })?;
-                Some(Mailer { transport: builder.build(), from })
+                Some(Mailer { transport: MailTransport::Smtp(builder.build()), from })
             }
         };
         let webhook = match &config.webhook_url {
@@ -360,6 +394,11 @@ impl NoticeSender {
         if self.mailer.is_none() {
             tracing::warn!(
                 "[notices] smtp_host is not set: e-mail notices to customers are NOT sent and stay pending in the outbox"
+            );
+        }
+        if matches!(self.mailer, Some(Mailer { transport: MailTransport::File(_), .. })) {
+            tracing::warn!(
+                "[notices] mail_dir is set: e-mail notices are written to files there, NOT sent to customers (dev and tests only)"
             );
         }
         if self.webhook.is_none() {
@@ -470,9 +509,16 @@ impl NoticeSender {
             .header(ContentType::TEXT_PLAIN)
             .body(notice.body.clone())
             .map_err(|e| permanent(format!("building the message: {e}")))?;
-        match mailer.transport.send(message).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(DeliveryError { message: format!("smtp: {e}"), permanent: e.is_permanent() }),
+        match &mailer.transport {
+            MailTransport::Smtp(smtp) => match smtp.send(message).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(DeliveryError { message: format!("smtp: {e}"), permanent: e.is_permanent() }),
+            },
+            // A full disk or a removed directory may be fixed: retried like a relay that is down.
+            MailTransport::File(file) => match file.send(message).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(DeliveryError { message: format!("mail_dir: {e}"), permanent: false }),
+            },
         }
     }
 
@@ -511,6 +557,12 @@ impl NoticeSender {
         let status = reply.status();
         if status.is_success() { Ok(()) } else { Err(transient(format!("webhook: receiver answered {status}"))) }
     }
+}
+
+/// The mail directory, readable by this user only (the files hold what customers would be mailed).
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -753,6 +805,9 @@ mod tests {
         assert_eq!(field(NoticesConfig { poll_interval_ms: 0, ..ok.clone() }), "notices.poll_interval_ms");
         assert_eq!(field(NoticesConfig { attempts_max: 0, ..ok.clone() }), "notices.attempts_max");
         assert_eq!(field(NoticesConfig { backoff_max_ms: 1, ..ok.clone() }), "notices.backoff_max_ms");
+        // One e-mail transport: the dev file transport never together with a relay.
+        assert_eq!(field(NoticesConfig { mail_dir: Some("/tmp/m".into()), ..ok.clone() }), "notices.mail_dir");
+        NoticesConfig { mail_dir: Some("/tmp/m".into()), ..Default::default() }.validate().unwrap();
         let text = "smtp_host = \"h\"\nsmtp_from = \"a@b.c\"\nwebhook_secret = \"x\"\n";
         assert!(toml::from_str::<NoticesConfig>(text).is_err(), "a secret in the file is rejected");
     }

@@ -67,6 +67,9 @@ pub enum PipelineError {
     Build(#[from] kinko_chain::evm::build::BuildError),
     #[error("inconsistent withdrawal {id}: {reason}")]
     Inconsistent { id: String, reason: String },
+    /// The audit entry of a step could not be written, so the step was not taken (fail closed, L6).
+    #[error("{0}; the step was not taken and will be retried")]
+    Audit(#[from] crate::audit::AuditUnavailable),
 }
 
 /// What one step did.
@@ -85,6 +88,9 @@ pub struct Pipeline {
     send: EvmRpc,
     signer: Arc<dyn Signer>,
     settings: PipelineSettings,
+    /// Where signing, broadcast and settlement are recorded before they happen (L2, L6). Without one the
+    /// pipeline does not sign (fail closed): set it with [`Pipeline::with_audit`].
+    audit: Option<crate::audit::AuditSink>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +102,23 @@ pub struct CycleReport {
 
 impl Pipeline {
     pub fn new(store: Store, read: EvmRpc, send: EvmRpc, signer: Arc<dyn Signer>, settings: PipelineSettings) -> Self {
-        Pipeline { store, read, send, signer, settings }
+        Pipeline { store, read, send, signer, settings, audit: None }
+    }
+
+    /// The audit sink every signing, broadcast and settlement is recorded in first.
+    pub fn with_audit(mut self, sink: crate::audit::AuditSink) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Records a step of withdrawal `w` before it is taken; an error stops the step (L6).
+    async fn audit(&self, action: &str, w: &WithdrawalRow, digest: [u8; 32]) -> Result<(), PipelineError> {
+        let sink = self.audit.as_ref().ok_or_else(|| {
+            crate::audit::AuditUnavailable("the pipeline has no audit sink (Pipeline::with_audit)".into())
+        })?;
+        let object = format!("withdrawal:{} intent:{}", w.id, w.intent_hash);
+        sink.system("pipeline", action, &object, digest, "attempt").await?;
+        Ok(())
     }
 
     /// Runs until `shutdown` turns true.
@@ -121,6 +143,19 @@ impl Pipeline {
     /// One cycle: claim a bounded batch and advance each withdrawal as far as it can go now.
     pub async fn run_once(&self, now_ms: i64) -> Result<CycleReport, PipelineError> {
         let s = &self.settings;
+        // U4: expired second-channel confirmations cancel their withdrawals (hold released). Those are
+        // never claimed below; a failed sweep must not hold up withdrawals already under way, so it is
+        // logged and retried next cycle.
+        match self.store.expire_withdrawal_confirmations(now_ms, s.batch_max).await {
+            Ok(closed) if !closed.is_empty() => tracing::info!(count = closed.len(), "unconfirmed withdrawals expired"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "expiring withdrawal confirmations failed; will retry"),
+        }
+        // C6, C7, C10: nothing is signed, sent or settled without a fresh healthy verdict from the node
+        // monitor on this chain's nodes; what is queued waits (claimed work would only be deferred).
+        if crate::node_monitor::withdrawals_halted(&self.store, &s.chain, now_ms).await? {
+            return Ok(CycleReport::default());
+        }
         let claimed = self.store.claim_withdrawals(&s.instance_id, now_ms, s.lease_ms as i64, s.batch_max).await?;
         let mut report = CycleReport { claimed: claimed.len(), ..Default::default() };
         for w in claimed {
@@ -146,6 +181,19 @@ impl Pipeline {
     /// instance may have moved it.
     async fn advance(&self, mut w: WithdrawalRow) -> Result<usize, PipelineError> {
         for steps in 0..STEPS_PER_CYCLE_MAX {
+            // K19, S5: nothing is reserved, signed or broadcast in a frozen scope (the signer refuses too).
+            if matches!(w.status, WithdrawalStatus::Approved | WithdrawalStatus::Signing | WithdrawalStatus::Signed)
+                && let Some(why) = crate::emergency::pipeline_frozen(
+                    &self.store,
+                    &self.settings.chain,
+                    &w.source_wallet,
+                    &self.settings.hot_key_id,
+                )
+                .await?
+            {
+                self.store.defer_withdrawal(&w.id, Some(&why), now_ms() + RETRY_BACKOFF_MS).await?;
+                return Ok(steps);
+            }
             let step = match w.status {
                 WithdrawalStatus::Approved => self.reserve(&w).await?,
                 WithdrawalStatus::Signing => self.sign(&w).await?,
@@ -217,6 +265,8 @@ impl Pipeline {
             return Err(self.inconsistent(w, "intent hash does not match the withdrawal's fields".into()));
         }
         let request = self.sign_request(intent, nonce, unsigned.payload.clone(), self.approvals(&w.id).await?);
+        // The digest is the payload's sha256, the same the key access log records for the signature (L2).
+        self.audit("system.sign", w, kinko_core::audit::Record::digest(&unsigned.payload)).await?;
         let signature = self.signer.sign_evm(&request).await?;
         let SignedEvmTx { raw, tx_hash } = build::assemble_signed(&unsigned.payload, &signature)?;
         Ok(TxVersion {
@@ -237,6 +287,7 @@ impl Pipeline {
             .iter()
             .find(|v| v.tx_hash == current)
             .ok_or_else(|| self.inconsistent(w, "signed tx not stored".into()))?;
+        self.audit("system.broadcast", w, kinko_core::audit::Record::digest(&version.raw)).await?;
         match self.send.send_raw(&version.raw).await? {
             SendOutcome::Accepted | SendOutcome::AlreadyKnown => {}
             // The nonce is used: by one of our versions (found by the inclusion check) or by a spend
@@ -328,6 +379,7 @@ impl Pipeline {
         let tip = self.read.block_number().await?;
         let depth = confirmations(tip, block);
         if depth >= self.settings.confirmations {
+            self.audit("system.settle", w, kinko_core::audit::Record::digest(expected.as_bytes())).await?;
             let moved = self.store.settle_withdrawal(w, depth, now_ms()).await?;
             return Ok(if moved { Step::Moved } else { Step::Wait });
         }

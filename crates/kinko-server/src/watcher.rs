@@ -277,20 +277,35 @@ impl DepositWatcher {
 /// Polls until `shutdown` turns true. Errors are logged and retried next cycle; a re-org deeper than
 /// the window keeps failing (and logging) until an operator intervenes, so nothing is credited on a
 /// chain kinko cannot verify.
+///
+/// Each credit and reversal is recorded in the audit trail (L2, L6) after the scan that committed it; while
+/// any is not recorded (the trail is unavailable) the watcher scans nothing more, so no further deposit is
+/// credited without its record.
 pub async fn run_deposit_watcher(
     store: Store,
     rpc: EvmRpc,
     cfg: WatcherConfig,
+    audit: crate::audit::AuditSink,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let poll = cfg.poll_interval;
     let mut watcher = DepositWatcher::new(cfg);
+    let mut unrecorded: Vec<(&'static str, String)> = Vec::new();
     loop {
         if *shutdown.borrow() {
             return;
         }
+        if !crate::audit::record_deposits(&audit, &mut unrecorded).await {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         match watcher.scan(&store, &rpc, crate::clock::now_ms()).await {
             Ok(r) => {
+                unrecorded.extend(r.deposits_credited.iter().map(|id| ("system.credit", id.clone())));
+                unrecorded.extend(r.deposits_reversed.iter().map(|id| ("system.credit_reversed", id.clone())));
                 // A full batch means we are behind: go again without sleeping.
                 if r.blocks_scanned >= BLOCKS_PER_SCAN_MAX {
                     continue;

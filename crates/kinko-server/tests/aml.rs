@@ -3,24 +3,23 @@
 //! reloadable deny list, fail closed; deposit-then-withdrawal, structuring and fan-out rules open cases
 //! for review without refusing; purpose and beneficiary above a threshold).
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use kinko_core::ledger::postings;
 use kinko_core::{Amount, AssetCode};
 use kinko_server::{AppState, Config};
 use kinko_store::testing::{TestStore, test_stores};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const TEST_MNEMONIC: &str = "test test test test test test test test test test test junk";
 const HOT_WALLET: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
 const DEST: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
 const OTHER: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
-const PASSWORD: &str = "correct horse battery staple";
 const ETH: u128 = 1_000_000_000_000_000_000;
 
 struct Api {
@@ -57,31 +56,18 @@ async fn api(ts: TestStore, configure: impl FnOnce(&mut Config)) -> Api {
 }
 
 impl Api {
+    /// POST as a customer client: withdrawals carry the transaction password, confirmations are answered.
     async fn call(&self, path: &str, token: &str, key: &str, body: Value) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header("Idempotency-Key", key)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let r =
+            support::customer::call(&self.app, &self.ts.store, Method::POST, path, Some(token), Some(key), Some(body))
+                .await;
+        (r.status, r.json)
     }
 
-    /// A registered, logged-in customer with `amount` wei available: (customer id, token).
+    /// A customer who can withdraw (TOTP, a fresh step-up, the transaction password, `DEST` saved; U2, U4,
+    /// U9, U13) with `amount` wei available: (customer id, token).
     async fn customer(&self, email: &str, amount: u128) -> (String, String) {
-        let name = self.ts.name;
-        let creds = json!({"email": email, "password": PASSWORD});
-        let (s, r) = self.call("/v1/customers", "", "x", creds.clone()).await;
-        assert_eq!(s, StatusCode::CREATED, "{name}: {r}");
-        let id = r["id"].as_str().unwrap().to_string();
-        let (s, r) = self.call("/v1/sessions", "", "x", creds).await;
-        assert_eq!(s, StatusCode::OK, "{name}: {r}");
-        let token = r["token"].as_str().unwrap().to_string();
+        let (id, token) = support::customer::ready(&self.app, email, &[DEST]).await;
         let a = Amount::from_base_units(amount);
         let dep = format!("dep-{email}");
         self.ts.store.post(postings::deposit_detected(&dep, &id, OTHER, &eth(), a), 1).await.unwrap();
@@ -89,7 +75,9 @@ impl Api {
         (id, token)
     }
 
+    /// Saves `destination` (U13: withdrawals go only to saved destinations), then withdraws to it.
     async fn withdraw(&self, token: &str, key: &str, amount: u128, destination: &str) -> (StatusCode, Value) {
+        support::customer::save_destination(&self.app, token, "ETH", destination).await;
         let body = json!({"asset": "ETH", "amount": amount.to_string(), "destination": destination});
         self.call("/v1/withdrawals", token, key, body).await
     }

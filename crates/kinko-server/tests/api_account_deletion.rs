@@ -127,7 +127,8 @@ async fn u5_deletion_needs_zero_balances_then_login_refused_like_wrong_password_
     for ts in test_stores().await {
         let name = ts.name;
         let o = ops(ts).await;
-        let (dave, dave_token) = o.customer("dave@example.com").await;
+        // Dave empties his account by a transfer below, so he can move money (U2, U4, U9).
+        let (dave, dave_token) = support::customer::ready(&o.app, "dave@example.com", &[]).await;
         let (erin, _) = o.customer("erin@example.com").await;
         let address =
             o.call(Method::POST, "/v1/deposit-addresses", Some(&dave_token), Some(json!({"asset": "ETH"}))).await;
@@ -153,7 +154,10 @@ async fn u5_deletion_needs_zero_balances_then_login_refused_like_wrong_password_
                 "/v1/internal-transfers",
                 &dave_token,
                 "empty-1",
-                json!({"to_customer_id": erin, "asset": "ETH", "amount": "100"}),
+                json!({
+                    "to_customer_id": erin, "asset": "ETH", "amount": "100",
+                    "transaction_password": support::customer::TRANSACTION_PASSWORD,
+                }),
             )
             .await;
         assert_eq!(out.status, StatusCode::CREATED, "{name}: {}", out.text);

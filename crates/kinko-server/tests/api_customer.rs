@@ -3,6 +3,8 @@
 //! information), A3 (no transfer beyond the available balance; bad input leaves the ledger unchanged),
 //! M13 (withdrawal instructions), K5/K6 (deposit addresses by public derivation).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -86,31 +88,15 @@ impl Api {
         key: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if let Some(k) = key {
-            b = b.header("Idempotency-Key", k);
-        }
-        let req = match body {
-            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())).unwrap(),
-            None => b.body(Body::empty()).unwrap(),
-        };
-        self.send(req).await
+        // As a customer client: withdrawals carry the transaction password, confirmations are answered.
+        let r = support::customer::call(&self.app, &self.ts.store, method, path, token, key, body).await;
+        Reply { status: r.status, headers: r.headers, text: r.text, json: r.json }
     }
 
+    /// A customer who can withdraw (TOTP, a fresh step-up, the transaction password; U2, U4, U9) with
+    /// `DEST` saved (U13): (customer id, token).
     async fn register_and_login(&self, email: &str) -> (String, String) {
-        let r = self
-            .call(Method::POST, "/v1/customers", None, None, Some(json!({"email": email, "password": PASSWORD})))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}: {}", self.ts.name, r.text);
-        let id = r.json["id"].as_str().unwrap().to_string();
-        let r = self
-            .call(Method::POST, "/v1/sessions", None, None, Some(json!({"email": email, "password": PASSWORD})))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}: {}", self.ts.name, r.text);
-        (id, r.json["token"].as_str().unwrap().to_string())
+        support::customer::ready(&self.app, email, &[DEST]).await
     }
 
     /// Gives the customer `amount` wei available, as the watcher would: detected, then confirmed.

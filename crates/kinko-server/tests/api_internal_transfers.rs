@@ -3,6 +3,8 @@
 //! ledger verifying after every scenario (A2, A3), refusals that move nothing, notices to both sides in
 //! the same transaction (L5), and no customer enumeration through unknown or deleted recipients.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -70,6 +72,12 @@ impl Api {
         key: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
+        // As a customer client: transfers carry the transaction password (U9).
+        let body = if support::customer::moves_money(&method, path) {
+            body.map(support::customer::with_transaction_password)
+        } else {
+            body
+        };
         let mut b = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -92,17 +100,10 @@ impl Api {
         }
     }
 
+    /// A customer who can move money (TOTP, a fresh step-up, the transaction password; U2, U4, U9):
+    /// (customer id, token).
     async fn customer(&self, email: &str) -> (String, String) {
-        let r = self
-            .call(Method::POST, "/v1/customers", None, None, Some(json!({"email": email, "password": PASSWORD})))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}: {}", self.ts.name, r.text);
-        let id = r.json["id"].as_str().unwrap().to_string();
-        let r = self
-            .call(Method::POST, "/v1/sessions", None, None, Some(json!({"email": email, "password": PASSWORD})))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}: {}", self.ts.name, r.text);
-        (id, r.json["token"].as_str().unwrap().to_string())
+        support::customer::ready(&self.app, email, &[]).await
     }
 
     /// `amount` wei available, as the watcher books a deposit: detected, then confirmed.

@@ -423,6 +423,53 @@ async fn k8_authorization_matrix_every_ops_endpoint_every_principal() {
             )
             .await;
         let pending_id = pending.json["id"].as_str().unwrap().to_string();
+        // U1: a KYC case submitted (for the review call) and one under review by so1 (for the decision).
+        let mut kyc_ids = Vec::new();
+        for (i, reviewed) in [(0u8, false), (1, true)] {
+            let t = kinko_store::onboarding::NewEmailToken {
+                token_hash: format!("{i:064}"),
+                created_at_ms: now_ms(),
+                expires_at_ms: now_ms() + 60_000,
+            };
+            let c = kinko_store::customers::CustomerRow {
+                id: format!("c_kyc{i}"),
+                email: format!("kyc{i}@example.com"),
+                password_hash: "unused".into(),
+                created_at_ms: now_ms(),
+            };
+            o.ts.store.register_customer(&c, Some(&t), None, None).await.unwrap();
+            o.ts.store.use_email_token(&t.token_hash, now_ms()).await.unwrap().unwrap();
+            let docs = [kinko_core::onboarding::KycDocument { kind: "passport".into(), reference: "m".into() }];
+            let s = o.ts.store.submit_kyc(&c.id, &format!("kyc_m{i}"), &docs, now_ms()).await.unwrap().unwrap();
+            if reviewed {
+                let r =
+                    o.call(Method::POST, &format!("/v1/ops/kyc/{}/review", s.id), Some(&o.token("so1")), None).await;
+                assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.text);
+            }
+            kyc_ids.push(s.id);
+        }
+
+        // S4: a window announced far ahead, for the cancel call (the first allowed caller cancels it, the
+        // others get 409: not a refusal).
+        let window = kinko_store::monitoring::MaintenanceWindowRow {
+            id: "mw-matrix".into(),
+            starts_at_ms: now_ms() + 86_400_000,
+            ends_at_ms: now_ms() + 90_000_000,
+            message: "m".into(),
+            created_by: "om1".into(),
+            created_at_ms: now_ms(),
+            cancelled_by: None,
+            cancelled_at_ms: None,
+        };
+        let announced = kinko_store::ops_requests::NewOpsEvent {
+            operator_id: "om1".into(),
+            terminal: "t".into(),
+            event: "maintenance_announced".into(),
+            request_id: None,
+            detail_json: "{}".into(),
+            at_ms: now_ms(),
+        };
+        o.ts.store.insert_maintenance_window(&window, &announced).await.unwrap();
 
         let representatives = [
             (Role::OperationsManager, "om1"),
@@ -540,6 +587,24 @@ async fn k8_authorization_matrix_every_ops_endpoint_every_principal() {
                     ("post", "/v1/ops/requests/{id}/inspect") => {
                         (format!("/v1/ops/requests/{fiat_id}/inspect"), Some(json!({"finding": "ok", "note": ""})))
                     }
+                    ("post", "/v1/ops/freezes") => {
+                        (path.to_string(), Some(json!({"scope": "key:matrix-test", "reason": "matrix"})))
+                    }
+                    ("post", "/v1/ops/reconciliation") => (path.to_string(), None),
+                    ("post", "/v1/ops/kyc/{id}/review") => (format!("/v1/ops/kyc/{}/review", kyc_ids[0]), None),
+                    ("post", "/v1/ops/kyc/{id}/decision") => (
+                        format!("/v1/ops/kyc/{}/decision", kyc_ids[1]),
+                        Some(json!({"decision": "verified", "reason": "documents match"})),
+                    ),
+                    ("post", "/v1/ops/maintenance-windows") => (
+                        path.to_string(),
+                        Some(
+                            json!({"starts_at_ms": now_ms() + 86_400_000, "ends_at_ms": now_ms() + 86_460_000, "message": "m"}),
+                        ),
+                    ),
+                    ("post", "/v1/ops/maintenance-windows/{id}/cancel") => {
+                        ("/v1/ops/maintenance-windows/mw-matrix/cancel".to_string(), None)
+                    }
                     ("get", _) => (path.to_string(), None),
                     other => panic!("no well-formed call for {other:?}: add one to this test"),
                 };
@@ -555,7 +620,9 @@ async fn k8_authorization_matrix_every_ops_endpoint_every_principal() {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 14 * 8, "{name}: every ops route × every principal");
+        // 14 routes, plus the audit trail's three (L2, L4–L6), onboarding's three (U1) and the freezes' and
+        // reconciliation's four (K19, S5, L3), maintenance's three (S4).
+        assert_eq!(checked, (14 + 3 + 3 + 4 + 3) * 8, "{name}: every ops route × every principal");
     }
 }
 

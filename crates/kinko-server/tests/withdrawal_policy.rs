@@ -5,11 +5,12 @@
 //! `pending_approval` with their hold taken and an operator request (id = withdrawal id) written in the same
 //! transaction; denied ones are refused with a 422 naming the rules and leave nothing behind.
 
+mod support;
+
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use kinko_core::ledger::postings;
 use kinko_core::policy::{Action, PolicyClass, PolicyConfig, QuorumBand};
 use kinko_core::{Amount, AssetCode};
@@ -18,12 +19,10 @@ use kinko_server::{AppState, Config, withdrawal_policy};
 use kinko_signer::Approval;
 use kinko_store::testing::{TestStore, test_stores};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const TEST_MNEMONIC: &str = "test test test test test test test test test test test junk";
 const HOT_WALLET: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
 const DEST: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
-const PASSWORD: &str = "correct horse battery staple";
 const ETH: u128 = 1_000_000_000_000_000_000;
 
 struct Api {
@@ -72,32 +71,15 @@ impl Api {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if let Some(k) = key {
-            b = b.header("Idempotency-Key", k);
-        }
-        let req = match body {
-            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())).unwrap(),
-            None => b.body(Body::empty()).unwrap(),
-        };
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        // As a customer client: withdrawals carry the transaction password, confirmations are answered.
+        let r = support::customer::call(&self.app, &self.ts.store, method, path, token, key, body).await;
+        (r.status, r.json)
     }
 
-    /// A registered, logged-in customer with `amount` wei available: (customer id, token).
+    /// A customer who can withdraw (TOTP, a fresh step-up, the transaction password, `DEST` saved; U2, U4,
+    /// U9, U13) with `amount` wei available: (customer id, token).
     async fn customer(&self, email: &str, amount: u128) -> (String, String) {
-        let creds = json!({"email": email, "password": PASSWORD});
-        let (s, r) = self.call(Method::POST, "/v1/customers", None, None, Some(creds.clone())).await;
-        assert_eq!(s, StatusCode::CREATED, "{}: {r}", self.ts.name);
-        let id = r["id"].as_str().unwrap().to_string();
-        let (s, r) = self.call(Method::POST, "/v1/sessions", None, None, Some(creds)).await;
-        assert_eq!(s, StatusCode::OK, "{}: {r}", self.ts.name);
-        let token = r["token"].as_str().unwrap().to_string();
+        let (id, token) = support::customer::ready(&self.app, email, &[DEST]).await;
         let wallet = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
         let a = Amount::from_base_units(amount);
         let dep = format!("dep-{email}");

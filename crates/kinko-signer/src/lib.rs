@@ -16,6 +16,7 @@ pub mod approvals;
 pub mod backend;
 pub mod ed25519;
 pub mod evm;
+pub mod freeze;
 pub mod journal;
 pub mod local;
 pub mod pkcs11;
@@ -122,6 +123,19 @@ pub trait Signer: Send + Sync {
     /// accepted but the server failed to record: the caller verifies what it gets (replays it on top of its
     /// own log) and never trusts the answer as such.
     fn registry_log_since<'a>(&'a self, seq: u64) -> BoxFuture<'a, Result<Vec<approvals::LoggedChange>, SignerError>>;
+
+    /// Emergency freeze (K19, S5): from now on the signer refuses every signature in `freeze`'s scope, whatever
+    /// it is asked later, until an approved unfreeze lifts it. Takes effect before it is recorded (stopping is
+    /// always safe); a failed record is `JournalUnavailable` and the freeze stays. Works sealed.
+    fn freeze<'a>(&'a self, freeze: &'a kinko_core::freeze::Freeze) -> BoxFuture<'a, Result<(), SignerError>>;
+
+    /// Lifts a freeze after verifying the unfreeze request's approvals against the signer's own registry and
+    /// its own `unfreeze_approvals` (see [`freeze::verify_lift`]); returns the operators that counted. Works
+    /// sealed.
+    fn lift_freeze<'a>(&'a self, order: &'a freeze::LiftOrder) -> BoxFuture<'a, Result<Vec<String>, SignerError>>;
+
+    /// The signer's active freezes. Works sealed.
+    fn active_freezes(&self) -> BoxFuture<'_, Result<Vec<kinko_core::freeze::Freeze>, SignerError>>;
 }
 
 /// Payload bytes as lower-case hex in JSON (for the signer's socket protocol and for logs of requests).

@@ -170,6 +170,8 @@ pub struct LocalSigner {
     /// Consulted before every signature when set (K2, K3): only an active key within its routine
     /// policy signs. Unset for signers whose keys have no lifecycle record (unit tests).
     key_gate: std::sync::OnceLock<Arc<dyn kinko_core::key_lifecycle::KeyGate>>,
+    /// Emergency freezes (K19, S5), checked before every signature; shared across seal and unseal.
+    freezes: RwLock<Arc<crate::freeze::SignerFreezes>>,
 }
 
 /// Key ids and addresses only; never key material.
@@ -205,6 +207,7 @@ impl LocalSigner {
     pub fn new(journal: Arc<dyn SignerJournal>) -> Self {
         LocalSigner {
             registry: RwLock::new(Arc::new(SignerRegistry::empty(journal.clone()))),
+            freezes: RwLock::new(Arc::new(crate::freeze::SignerFreezes::empty(journal.clone()))),
             quorum: RwLock::new(None),
             journal,
             ring: RwLock::new(KeyRing { sealed: false, keys: HashMap::new(), ed25519: HashMap::new() }),
@@ -230,7 +233,31 @@ impl LocalSigner {
     /// refused (and the registry left as it was) when the log does not verify.
     pub async fn load_registry(&self) -> Result<(), SignerError> {
         let registry = SignerRegistry::load(self.journal.clone(), now_ms()).await?;
+        // The freeze log's lifts are verified against this registry, so both load together (K19).
+        let snapshot = registry.with(|r| r.clone())?;
+        let freezes =
+            crate::freeze::SignerFreezes::load(self.journal.clone(), &snapshot, self.unfreeze_approvals()).await?;
+        self.set_freezes(Arc::new(freezes))?;
         self.set_registry(Arc::new(registry))
+    }
+
+    /// How many signing managers must approve an unfreeze (`[emergency] unfreeze_approvals`, at least 1).
+    pub fn set_unfreeze_approvals(&self, m: u8) -> Result<(), SignerError> {
+        self.freezes()?.set_unfreeze_approvals(m)
+    }
+
+    fn unfreeze_approvals(&self) -> u8 {
+        self.freezes.read().map(|f| f.unfreeze_approvals()).unwrap_or(crate::freeze::UNFREEZE_APPROVALS_DEFAULT)
+    }
+
+    /// Shares an already loaded freeze state (the signer process's, kept across seal and unseal).
+    pub fn set_freezes(&self, freezes: Arc<crate::freeze::SignerFreezes>) -> Result<(), SignerError> {
+        *self.freezes.write().map_err(|_| poisoned())? = freezes;
+        Ok(())
+    }
+
+    pub fn freezes(&self) -> Result<Arc<crate::freeze::SignerFreezes>, SignerError> {
+        Ok(self.freezes.read().map_err(|_| poisoned())?.clone())
     }
 
     /// Shares an already loaded registry (the signer process's, kept across seal and unseal).
@@ -319,6 +346,8 @@ impl LocalSigner {
     /// Signs a raw message with an Ed25519 key, after the key access log entry is durable. Ed25519 intents
     /// and chain decoding are not built: see [`crate::ed25519`] for what this does and does not check.
     pub async fn sign_ed25519(&self, req: &crate::ed25519::Ed25519SignRequest) -> Result<[u8; 64], SignerError> {
+        // No chain or wallet is known for a raw message: only an everything or key freeze can name it.
+        self.freezes()?.check("", "", &req.key_id)?;
         crate::ed25519::sign_logged(&*self.journal, req, |message| {
             let ring = self.ring.read().map_err(|_| poisoned())?;
             if ring.sealed {
@@ -406,6 +435,8 @@ impl LocalSigner {
 
     async fn sign_evm_inner(&self, req: &EvmSignRequest) -> Result<[u8; 65], SignerError> {
         let key_address = self.key_address(&req.key_id)?;
+        // K19, S5: a frozen scope signs nothing, whatever the request says about approvals.
+        self.freezes()?.check(crate::freeze::EVM_CHAIN, &key_address, &req.key_id)?;
         if let Some(gate) = self.key_gate.get() {
             gate.may_sign(&req.key_id, now_ms()).await.map_err(SignerError::Refused)?;
         }
@@ -493,12 +524,36 @@ impl Signer for LocalSigner {
             if self.is_sealed() {
                 return Err(SignerError::Sealed);
             }
+            // The key's own address when it is loaded, else the wallet the intent names: a missing key is
+            // `sign_evm`'s to report, a freeze is reported here too.
+            let wallet = self.address(&req.key_id).unwrap_or_else(|| req.intent.source_wallet.clone());
+            self.freezes()?.check(crate::freeze::EVM_CHAIN, &wallet, &req.key_id)?;
             self.verify_approvals(req, now_ms())
         })
     }
 
     fn registry_log_since<'a>(&'a self, seq: u64) -> BoxFuture<'a, Result<Vec<LoggedChange>, SignerError>> {
         Box::pin(async move { self.registry()?.log_since(seq).await })
+    }
+
+    fn freeze<'a>(&'a self, freeze: &'a kinko_core::freeze::Freeze) -> BoxFuture<'a, Result<(), SignerError>> {
+        Box::pin(async move { self.freezes()?.freeze(freeze).await })
+    }
+
+    fn lift_freeze<'a>(
+        &'a self,
+        order: &'a crate::freeze::LiftOrder,
+    ) -> BoxFuture<'a, Result<Vec<String>, SignerError>> {
+        Box::pin(async move {
+            let registry = self.registry()?;
+            // Verified against a snapshot of the registry: the lock is not held across the write.
+            let snapshot = registry.with(|r| r.clone())?;
+            self.freezes()?.lift(&snapshot, order, now_ms()).await
+        })
+    }
+
+    fn active_freezes(&self) -> BoxFuture<'_, Result<Vec<kinko_core::freeze::Freeze>, SignerError>> {
+        Box::pin(async move { self.freezes()?.active() })
     }
 }
 

@@ -245,6 +245,44 @@ impl Signer for RemoteSigner {
         })
     }
 
+    fn freeze<'a>(&'a self, freeze: &'a kinko_core::freeze::Freeze) -> BoxFuture<'a, Result<(), SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::Freeze { freeze: freeze.clone() }).await.map_err(signer_error)?;
+            // Only an explicit "frozen" counts as the signer having taken it.
+            if v.get("frozen").and_then(Value::as_bool) != Some(true) {
+                return Err(SignerError::Internal("remote signer: freeze reply without frozen".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn lift_freeze<'a>(
+        &'a self,
+        order: &'a crate::freeze::LiftOrder,
+    ) -> BoxFuture<'a, Result<Vec<String>, SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::LiftFreeze { order: Box::new(order.clone()) }).await.map_err(signer_error)?;
+            if v.get("lifted").and_then(Value::as_bool) != Some(true) {
+                return Err(SignerError::Internal("remote signer: lift_freeze reply without lifted".into()));
+            }
+            serde_json::from_value(v.get("approvers").cloned().unwrap_or(Value::Null))
+                .map_err(|_| SignerError::Internal("remote signer: lift_freeze reply without approvers".into()))
+        })
+    }
+
+    fn active_freezes(&self) -> BoxFuture<'_, Result<Vec<kinko_core::freeze::Freeze>, SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::Freezes).await.map_err(signer_error)?;
+            let freezes: Vec<kinko_core::freeze::Freeze> =
+                serde_json::from_value(v.get("freezes").cloned().unwrap_or(Value::Null))
+                    .map_err(|_| SignerError::Internal("remote signer: freezes reply does not parse".into()))?;
+            if freezes.len() > kinko_core::freeze::ACTIVE_FREEZES_MAX {
+                return Err(SignerError::Internal("remote signer: freezes reply exceeds ACTIVE_FREEZES_MAX".into()));
+            }
+            Ok(freezes)
+        })
+    }
+
     fn registry_head(&self) -> BoxFuture<'_, Result<crate::RegistryHead, SignerError>> {
         Box::pin(async move {
             let v = self.call(&Request::RegistryHead).await.map_err(signer_error)?;

@@ -101,6 +101,17 @@ pub enum Request {
     RegistryLogSince {
         seq: u64,
     },
+    /// Emergency freeze (see [`crate::Signer::freeze`]) → `{"frozen":true}`. Works sealed.
+    Freeze {
+        freeze: kinko_core::freeze::Freeze,
+    },
+    /// Lifts a freeze after verifying the unfreeze approvals (see [`crate::Signer::lift_freeze`]) →
+    /// `{"lifted":true,"approvers":[…]}`. Works sealed.
+    LiftFreeze {
+        order: Box<crate::freeze::LiftOrder>,
+    },
+    /// The active freezes → `{"freezes":[…]}`. Works sealed.
+    Freezes,
 }
 
 /// One registry log entry on the wire (`approvals::LoggedChange`).
@@ -213,6 +224,8 @@ pub struct SignerService {
     registry: Arc<SignerRegistry>,
     /// `[[signer.quorum]]`; without it an unsealed signer signs nothing (fail closed).
     quorum: Option<SigningQuorum>,
+    /// Emergency freezes (K19, S5), replayed at startup; shared with every unsealed signer.
+    freezes: Arc<crate::freeze::SignerFreezes>,
     inner: tokio::sync::Mutex<Inner>,
 }
 
@@ -231,7 +244,13 @@ impl SignerService {
         let seal = SealState::load(&store).await?;
         let journal: Arc<dyn SignerJournal> = Arc::new(crate::store_journal::StoreJournal(store.clone()));
         let registry = Arc::new(SignerRegistry::load(journal.clone(), now_ms()).await?);
+        let snapshot = registry.with(|r| r.clone())?;
+        let freezes = Arc::new(
+            crate::freeze::SignerFreezes::load(journal.clone(), &snapshot, crate::freeze::UNFREEZE_APPROVALS_DEFAULT)
+                .await?,
+        );
         Ok(SignerService {
+            freezes,
             store,
             journal,
             key_ids,
@@ -253,6 +272,13 @@ impl SignerService {
     pub fn with_pkcs11(mut self, login: Option<crate::pkcs11::Pkcs11Login>) -> Self {
         self.pkcs11 = login;
         self
+    }
+
+    /// How many signing managers must approve an unfreeze (`[emergency] unfreeze_approvals`). The freeze
+    /// log was replayed with the default at startup; a stricter setting applies to lifts from now on.
+    pub fn with_unfreeze_approvals(self, m: u8) -> Result<Self, SignerError> {
+        self.freezes.set_unfreeze_approvals(m)?;
+        Ok(self)
     }
 
     /// The signer's quorum policy (`[[signer.quorum]]`), given to every signer this service unseals.
@@ -282,6 +308,7 @@ impl SignerService {
                 )
                 .await?;
                 signer.set_registry(self.registry.clone())?;
+                signer.set_freezes(self.freezes.clone())?;
                 if let Some(quorum) = &self.quorum {
                     signer.set_quorum(quorum.clone())?;
                 }
@@ -396,6 +423,17 @@ impl SignerService {
             Request::RegistryLogSince { seq } => {
                 self.registry_log_since(seq).await.map(registry_log_reply).map_err(|e| WireError::from(&e))
             }
+            Request::Freeze { freeze } => {
+                self.freezes.freeze(&freeze).await.map_err(|e| WireError::from(&e))?;
+                Ok(json!({"frozen": true}))
+            }
+            Request::LiftFreeze { order } => {
+                let registry = self.registry.with(|r| r.clone()).map_err(|e| WireError::from(&e))?;
+                let approvers =
+                    self.freezes.lift(&registry, &order, now_ms()).await.map_err(|e| WireError::from(&e))?;
+                Ok(json!({"lifted": true, "approvers": approvers}))
+            }
+            Request::Freezes => self.freezes.active().map(|f| json!({"freezes": f})).map_err(|e| WireError::from(&e)),
             Request::RegistryHead => self
                 .registry_head()
                 .map(|head| json!({"head": WireHead::from_head(head)}))
@@ -541,6 +579,46 @@ mod tests {
         let line_len = serde_json::to_vec(&json!({ "ok": reply })).unwrap().len() + 1;
         assert!(line_len <= LINE_LEN_MAX, "{line_len}");
         assert!(!reply["entries"].as_array().unwrap().is_empty());
+    }
+
+    /// K19, S5: a freeze reaches the signer over the socket while it is sealed, is listed, survives a
+    /// restart, and a lift without the approvals is refused over the wire.
+    #[tokio::test]
+    async fn k19_freeze_over_the_socket_while_sealed_survives_restart() {
+        let ts = sealed_store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("signer.sock");
+        let service = Arc::new(SignerService::new(ts.store.clone(), vec![]).await.unwrap());
+        let listener = bind(&socket).unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(service.clone(), listener, socket.clone(), stop_rx));
+        let remote = RemoteSigner::new(&socket);
+        for entry in &standard_log(now_ms()) {
+            remote.apply_registry_change(&entry.change, &entry.approvals).await.unwrap();
+        }
+        let freeze = kinko_core::freeze::Freeze {
+            id: "f_sock".into(),
+            scope: kinko_core::freeze::FreezeScope::Everything,
+            reason: "drill".into(),
+            set_by: "cli:alice".into(),
+            set_at_ms: now_ms(),
+        };
+        assert!(remote.active_freezes().await.unwrap().is_empty());
+        remote.freeze(&freeze).await.unwrap();
+        assert_eq!(remote.active_freezes().await.unwrap(), vec![freeze.clone()]);
+        let order = crate::freeze::LiftOrder {
+            freeze_id: "f_sock".into(),
+            request_id: "r_1".into(),
+            requester: "om".into(),
+            params: kinko_core::freeze::unfreeze_params(&freeze, "n"),
+            approvals: vec![],
+        };
+        let got = remote.lift_freeze(&order).await;
+        assert!(matches!(got, Err(SignerError::Refused(ref m)) if m.contains("0 valid approvals")), "{got:?}");
+        let _ = stop.send(true);
+        let _ = server.await;
+        let restarted = SignerService::new(ts.store.clone(), vec![]).await.unwrap();
+        assert_eq!(restarted.freezes.active().unwrap(), vec![freeze]);
     }
 
     #[tokio::test]

@@ -121,4 +121,45 @@ impl SignerJournal for StoreJournal {
                 .map_err(store_error)
         })
     }
+
+    fn freeze_log(&self) -> BoxFuture<'_, Result<Vec<crate::freeze::FreezeLogEntry>, JournalError>> {
+        Box::pin(async move {
+            let rows = self.0.signer_freeze_log().await.map_err(store_error)?;
+            rows.iter()
+                .map(|row| {
+                    let entry: crate::freeze::FreezeLogEntry = serde_json::from_str(&row.body_json).map_err(|_| {
+                        JournalError::Unavailable(format!("signer_freeze_log row {} does not parse", row.seq))
+                    })?;
+                    // The columns are a second witness of the body; a row whose columns disagree is refused.
+                    let event = match &entry {
+                        crate::freeze::FreezeLogEntry::Freeze { .. } => "freeze",
+                        crate::freeze::FreezeLogEntry::Lift { .. } => "lift",
+                    };
+                    if row.event != event || row.freeze_id != entry.freeze_id() {
+                        return Err(JournalError::Unavailable(format!(
+                            "signer_freeze_log row {} does not match its body",
+                            row.seq
+                        )));
+                    }
+                    Ok(entry)
+                })
+                .collect()
+        })
+    }
+
+    fn append_freeze<'a>(
+        &'a self,
+        entry: &'a crate::freeze::FreezeLogEntry,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            let body = serde_json::to_string(entry)
+                .map_err(|e| JournalError::Unavailable(format!("encoding a freeze log entry: {e}")))?;
+            let (event, at_ms) = match entry {
+                crate::freeze::FreezeLogEntry::Freeze { freeze } => ("freeze", freeze.set_at_ms),
+                crate::freeze::FreezeLogEntry::Lift { at_ms, .. } => ("lift", *at_ms),
+            };
+            self.0.append_signer_freeze_log(event, entry.freeze_id(), &body, at_ms).await.map_err(store_error)?;
+            Ok(())
+        })
+    }
 }

@@ -13,6 +13,7 @@ struct MemoryState {
     slots: HashMap<SlotKey, Vec<SlotEntry>>,
     access_log: Vec<KeyAccessEntry>,
     registry: Vec<LoggedChange>,
+    freezes: Vec<crate::freeze::FreezeLogEntry>,
 }
 
 /// An in-memory journal with the store's compare-and-append semantics.
@@ -85,6 +86,20 @@ impl SignerJournal for MemoryJournal {
             Ok(())
         })
     }
+
+    fn freeze_log(&self) -> BoxFuture<'_, Result<Vec<crate::freeze::FreezeLogEntry>, JournalError>> {
+        Box::pin(async move { Ok(self.state.lock().map_err(|_| unavailable())?.freezes.clone()) })
+    }
+
+    fn append_freeze<'a>(
+        &'a self,
+        entry: &'a crate::freeze::FreezeLogEntry,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            self.state.lock().map_err(|_| unavailable())?.freezes.push(entry.clone());
+            Ok(())
+        })
+    }
 }
 
 /// Reads succeed (an empty record); every write fails, as a full disk or a lost database would.
@@ -112,6 +127,17 @@ impl SignerJournal for FailingJournal {
 
     fn append_registry<'a>(&'a self, _entry: &'a LoggedChange) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async { Err(JournalError::Unavailable("registry log cannot be written (test)".into())) })
+    }
+
+    fn freeze_log(&self) -> BoxFuture<'_, Result<Vec<crate::freeze::FreezeLogEntry>, JournalError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn append_freeze<'a>(
+        &'a self,
+        _entry: &'a crate::freeze::FreezeLogEntry,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async { Err(JournalError::Unavailable("freeze log cannot be written (test)".into())) })
     }
 }
 

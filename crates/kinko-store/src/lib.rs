@@ -8,16 +8,21 @@
 pub mod account_deletion;
 pub mod address_book;
 pub mod aml;
+pub mod audit;
+pub mod backup;
 pub mod customer_mfa;
 pub mod customers;
 pub mod deposit_detection;
 pub mod deposits;
+pub mod freeze;
 pub mod internal_transfers;
 pub mod kek_rotation;
 pub mod key_lifecycle;
 pub mod ledger;
 pub mod login_protection;
+pub mod monitoring;
 pub mod notices;
+pub mod onboarding;
 pub mod operators;
 pub mod ops_requests;
 pub mod pipeline;
@@ -26,6 +31,7 @@ pub mod seal_records;
 pub mod signer_records;
 pub mod signer_registry;
 pub mod testing;
+pub mod withdrawal_confirmations;
 pub mod withdrawal_requests;
 pub mod withdrawals;
 
@@ -82,6 +88,11 @@ impl Store {
     /// Connects and applies pending migrations. SQLite files are created when missing, run in WAL mode
     /// with `synchronous=FULL` so that a committed write survives power loss, not just a crash.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, &MIGRATOR).await
+    }
+
+    /// [`Store::connect`] applying `migrator`'s migrations (a restore first migrates to a backup's set).
+    pub(crate) async fn connect_with(url: &str, migrator: &sqlx::migrate::Migrator) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -112,7 +123,7 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        migrator.run(&pool).await?;
         Ok(Store { pool, backend })
     }
 

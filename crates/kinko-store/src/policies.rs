@@ -194,7 +194,22 @@ impl Store {
         decide: impl FnOnce(&[PastWithdrawal]) -> (Gate, D),
         now_ms: i64,
     ) -> std::result::Result<Policed<D>, CreateWithdrawalError> {
-        match self.try_create_policed(new, history_len_max, decide, now_ms).await {
+        self.create_policed_withdrawal_with(new, history_len_max, decide, None, now_ms).await
+    }
+
+    /// [`Store::create_policed_withdrawal`], and with `confirmation` (U4, U9) the withdrawal starts in
+    /// `awaiting_confirmation` instead: the hold is taken the same, the gate (and its approval request) is
+    /// kept in the confirmation row to apply on confirmation, and the confirmation's notices are written —
+    /// all in the same transaction (`crate::withdrawal_confirmations`). A denial still writes nothing.
+    pub async fn create_policed_withdrawal_with<D>(
+        &self,
+        new: &NewWithdrawal,
+        history_len_max: usize,
+        decide: impl FnOnce(&[PastWithdrawal]) -> (Gate, D),
+        confirmation: Option<&crate::withdrawal_confirmations::ConfirmationDraft>,
+        now_ms: i64,
+    ) -> std::result::Result<Policed<D>, CreateWithdrawalError> {
+        match self.try_create_policed(new, history_len_max, decide, confirmation, now_ms).await {
             Err(CreateWithdrawalError::Store(StoreError::Db(e))) if is_unique_violation(&e) => {
                 // A concurrent request with the same key committed first (PostgreSQL; SQLite serialises).
                 let existing = self
@@ -212,6 +227,7 @@ impl Store {
         new: &NewWithdrawal,
         history_len_max: usize,
         decide: impl FnOnce(&[PastWithdrawal]) -> (Gate, D),
+        confirmation: Option<&crate::withdrawal_confirmations::ConfirmationDraft>,
         now_ms: i64,
     ) -> std::result::Result<Policed<D>, CreateWithdrawalError> {
         let mut tx = self.begin_write().await?;
@@ -239,6 +255,7 @@ impl Store {
         let (gate, decided) = decide(&history);
         let status = match &gate {
             Gate::Deny => return Ok(Policed::Denied(decided)),
+            _ if confirmation.is_some() => WithdrawalStatus::AwaitingConfirmation,
             Gate::Auto => WithdrawalStatus::Approved,
             Gate::Pending(_) => WithdrawalStatus::PendingApproval,
         };
@@ -273,7 +290,19 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        if let Gate::Pending(p) = &gate {
+        if let Some(c) = confirmation {
+            // U4: operators see the request only once the customer confirmed.
+            crate::withdrawal_confirmations::insert_confirmation_tx(
+                self,
+                &mut tx,
+                &new.id,
+                &new.customer_id,
+                c,
+                &gate,
+                now_ms,
+            )
+            .await?;
+        } else if let Gate::Pending(p) = &gate {
             insert_approval_request(&mut tx, &new.id, &new.intent_hash, p, now_ms).await?;
         }
         let q = format!("SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals WHERE id = $1");
@@ -451,7 +480,7 @@ pub async fn wallet_history_tx(tx: &mut Tx, wallet: &str, asset: &str, limit: us
 }
 
 /// The approval request of a pending customer withdrawal (and its `request_created` audit event).
-async fn insert_approval_request(
+pub(crate) async fn insert_approval_request(
     tx: &mut Tx,
     id: &str,
     intent_hash: &str,

@@ -256,7 +256,11 @@ pub async fn run_key(cmd: KeyCmd) -> Result<()> {
         KeyCmd::Transition { config, exec } => {
             let config = load_config(&config)?;
             let store = Store::connect(&config.database_url).await?;
-            let outcome = execute_key_request(&store, &exec, KeyAction::Transition).await?;
+            let audit = crate::audit_cli::CliAudit::begin(&config, &store, "key.transition", &exec.request, &exec.key);
+            let audit = audit.await?;
+            let outcome = execute_key_request(&store, &exec, KeyAction::Transition).await;
+            audit.finish(&outcome).await;
+            let outcome = outcome?;
             println!("{}", serde_json::to_string_pretty(&outcome)?);
             Ok(())
         }
@@ -277,7 +281,11 @@ pub async fn run_key(cmd: KeyCmd) -> Result<()> {
             let store = Store::connect(&config.database_url).await?;
             let rpc = kinko_chain::evm::rpc::EvmRpc::new(&config.ethereum.rpc_url)?;
             let action = KeyAction::Destroy { confirm: &confirm, rpc: &rpc, retention_days };
-            let outcome = execute_key_request(&store, &exec, action).await?;
+            let audit = crate::audit_cli::CliAudit::begin(&config, &store, "key.destroy", &exec.request, &exec.key);
+            let audit = audit.await?;
+            let outcome = execute_key_request(&store, &exec, action).await;
+            audit.finish(&outcome).await;
+            let outcome = outcome?;
             println!("{}", serde_json::to_string_pretty(&outcome)?);
             Ok(())
         }

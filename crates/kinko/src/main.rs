@@ -1,5 +1,8 @@
 //! `kinko`: crypto-asset custody. See README.md for the quick start and the command reference.
 
+mod audit_cli;
+mod backup;
+mod emergency_cli;
 mod keys_cli;
 mod operator_cli;
 mod ops_cli;
@@ -103,6 +106,25 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         block_time: u64,
     },
+    /// The audit trail (L2, L4–L6): verify its chain and signatures, export it as JSON lines.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCmd,
+    },
+    /// Emergency freeze (K19, S5): stop signing and withdrawals in a scope at once.
+    Emergency {
+        #[command(subcommand)]
+        command: emergency_cli::EmergencyCmd,
+    },
+    /// Run a balance reconciliation now (L3): on-chain holdings against customer liabilities.
+    Reconcile {
+        #[arg(long, short, env = "KINKO_CONFIG")]
+        config: PathBuf,
+    },
+    /// Write an encrypted, integrity-protected backup of the database and the key files (A4, K17).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an empty data directory and database, then verify the ledger and audit chain.
+    Restore(backup::RestoreArgs),
     /// Ledger commands.
     Ledger {
         #[command(subcommand)]
@@ -204,6 +226,11 @@ fn main() -> Result<()> {
             Cmd::Key { command } => keys_cli::run_key(command).await,
             Cmd::Operator { command } => operator_cli::run(command).await,
             Cmd::Ops(args) => ops_cli::run(args).await,
+            Cmd::Audit { command } => audit_cli::run(command).await,
+            Cmd::Emergency { command } => emergency_cli::run(command).await,
+            Cmd::Reconcile { config } => emergency_cli::reconcile(config).await,
+            Cmd::Backup(args) => backup::backup(args).await,
+            Cmd::Restore(args) => backup::restore(args).await,
             Cmd::Ledger { command: LedgerCmd::Verify { config, database_url } } => {
                 let url = match (config, database_url) {
                     (Some(c), _) => load_config(&c)?.database_url,
@@ -237,6 +264,19 @@ fn warn_if_dev(config: &Config) {
              !!! Never hold real funds with this set-up.\n",
             config.data_dir.join(app::DEV_SHARE_FILE).display()
         );
+        if let Some(dir) = &config.notices.mail_dir {
+            eprintln!(
+                "!!! DEV MODE: e-mail notices (withdrawal confirmation tokens included) are NOT sent: they are\n\
+                 !!! written as files to {}.\n",
+                dir.display()
+            );
+        }
+        if config.address_book.cooling_off_ms == 0 {
+            eprintln!(
+                "!!! DEV MODE: address_book.cooling_off_ms = 0, so a newly saved withdrawal destination is usable\n\
+                 !!! at once (the production default is 24 hours).\n"
+            );
+        }
     }
 }
 
@@ -261,6 +301,12 @@ async fn init(config: &Config, options: InitShares) -> Result<()> {
         drop(p.login()?);
     }
     let store = Store::connect(&config.database_url).await?;
+    // The audit key lives beside the database, never in it (L6); its public key goes to the auditor.
+    let (audit_public_key, created) = kinko_server::audit::init(&store, config).await?;
+    eprintln!(
+        "audit key {}: {audit_public_key}\n  keep this public key outside kinko: `kinko audit verify --public-key` checks the trail against it",
+        if created { "created" } else { "in use" }
+    );
     if config.dev && options.shares.is_none() {
         warn_if_dev(config);
         let dev = app::load_kek(config)?;
@@ -388,7 +434,8 @@ async fn signer_serve(config: Config) -> Result<()> {
             .context("starting the signer")?
             .with_routine_policy(config.signer.routine_policy()?)
             .with_pkcs11(config.signer.pkcs11.as_ref().map(|p| p.login()).transpose()?)
-            .with_quorum(config.signer.signing_quorum()?),
+            .with_quorum(config.signer.signing_quorum()?)
+            .with_unfreeze_approvals(config.emergency.unfreeze_approvals)?,
     );
     let path = config.signer_socket();
     let listener =

@@ -57,7 +57,7 @@ async fn m13_a2_sigkill_at_random_points_never_loses_or_duplicates_money() {
     assert!(wait_ready(&base, Duration::from_secs(30)).await, "kinko serve did not start:\n{}", h.serve_log());
     let mut customers = Vec::new();
     for i in 0..CUSTOMERS {
-        customers.push(Customer::register(&base, &format!("crash{i}@example.com")).await);
+        customers.push(Customer::register(&base, &format!("crash{i}@example.com"), &h.mail_dir()).await);
     }
     let mut deposited = [0u128; CUSTOMERS];
     let mut submitted: Vec<Submitted> = Vec::new();

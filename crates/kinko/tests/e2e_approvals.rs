@@ -118,7 +118,7 @@ async fn o2_signer_refuses_m_minus_one_even_when_db_row_edited_to_approved() {
         let running = h.start_in_process().await;
         two_signing_managers(&running).await;
 
-        let c = Customer::register(&h.api_base(), &format!("{backend}-approvals@example.com")).await;
+        let c = Customer::register(&h.api_base(), &format!("{backend}-approvals@example.com"), &h.mail_dir()).await;
         h.anvil.send_eth(kinko_chain::anvil::ACCOUNT1, &c.deposit_address, 3 * ETH).await.unwrap();
         wait_for("deposit credit", TIMEOUT, Some(&h.anvil), || async {
             (c.available().await == 3 * ETH).then_some(())

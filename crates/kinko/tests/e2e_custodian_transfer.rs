@@ -166,7 +166,8 @@ async fn m10_custodian_transfer_hot_to_cold_end_to_end() {
         h.ts.store.register_custodian_wallet(&cold, ETH_CHAIN, "cold", "external:cold-1", now).await.unwrap();
 
         // A customer with a confirmed deposit, whose balances must not move.
-        let c = Customer::register(&h.api_base(), &format!("{backend}-custodian-transfer@example.com")).await;
+        let c = Customer::register(&h.api_base(), &format!("{backend}-custodian-transfer@example.com"), &h.mail_dir())
+            .await;
         h.anvil.send_eth(kinko_chain::anvil::ACCOUNT1, &c.deposit_address, 3 * ETH).await.unwrap();
         wait_for("deposit credit", TIMEOUT, Some(&h.anvil), || async {
             (c.available().await == 3 * ETH).then_some(())

@@ -27,7 +27,7 @@ async fn m13_two_instances_on_postgres_never_process_one_withdrawal_twice() {
     let b = kinko_server::app::start(second, &kek).await.unwrap();
     let bases = [format!("http://{}", a.listen), format!("http://{}", b.listen)];
 
-    let alice = Customer::register(&bases[0], "alice@example.com").await;
+    let alice = Customer::register(&bases[0], "alice@example.com", &h.mail_dir()).await;
     h.anvil.send_eth(kinko_chain::anvil::ACCOUNT1, &alice.deposit_address, 10 * ETH).await.unwrap();
     wait_for("deposit credit", Duration::from_secs(60), Some(&h.anvil), || async {
         (alice.available().await == 10 * ETH).then_some(())

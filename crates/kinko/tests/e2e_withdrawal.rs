@@ -12,7 +12,7 @@ use support::{Customer, ETH, Harness, outside_address, wait_for};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn credited_customer(h: &Harness, email: &str, amount: u128) -> Customer {
-    let c = Customer::register(&h.api_base(), email).await;
+    let c = Customer::register(&h.api_base(), email, &h.mail_dir()).await;
     h.anvil.send_eth(kinko_chain::anvil::ACCOUNT1, &c.deposit_address, amount).await.unwrap();
     wait_for("deposit credit", TIMEOUT, Some(&h.anvil), || async { (c.available().await == amount).then_some(()) })
         .await;

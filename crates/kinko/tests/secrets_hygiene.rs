@@ -17,6 +17,7 @@ use support::{ETH, Harness, outside_address, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const PASSWORD: &str = "correct horse battery staple";
+use support::TRANSACTION_PASSWORD;
 /// Bound on files walked under the data directory (it holds a handful).
 const FILES_MAX: usize = 10_000;
 
@@ -254,21 +255,57 @@ async fn k1_l2_no_secret_in_logs_database_responses_or_errors() {
         let (_, v) =
             client.call(&mut hay, Method::POST, "/v1/deposit-addresses", t, None, Some(r#"{"asset":"ETH"}"#)).await;
         let deposit_address = v["address"].as_str().expect("deposit address").to_string();
+        let dest = outside_address(&format!("{backend}-hygiene-dest"));
+
+        // What moving money needs (U2, U4, U9, U13), through the recorded client: TOTP enrolled (the code
+        // computed here), a step-up (a recovery code: the enrolment used this 30 s step's code), the
+        // transaction password, the destination saved.
+        let reauth = json!({"password": PASSWORD}).to_string();
+        let (s, v) = client.call(&mut hay, Method::POST, "/v1/mfa/totp", t, None, Some(&reauth)).await;
+        assert_eq!(s, 201, "{backend}: start TOTP {v}");
+        let totp = totp_rs::Totp::from_url(v["otpauth_uri"].as_str().expect("otpauth_uri")).unwrap();
+        let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let confirm = json!({"enrolment_id": v["enrolment_id"], "code": totp.generate(now_secs).to_string()});
+        let (s, v) =
+            client.call(&mut hay, Method::POST, "/v1/mfa/totp/confirm", t, None, Some(&confirm.to_string())).await;
+        assert_eq!(s, 200, "{backend}: confirm TOTP {v}");
+        let step_up = json!({"method": "recovery_code", "code": v["recovery_codes"][0]}).to_string();
+        let (s, v) = client.call(&mut hay, Method::POST, "/v1/sessions/step-up", t, None, Some(&step_up)).await;
+        assert_eq!(s, 200, "{backend}: step up {v}");
+        let tx_password = json!({"password": TRANSACTION_PASSWORD}).to_string();
+        let (s, v) = client.call(&mut hay, Method::PUT, "/v1/transaction-password", t, None, Some(&tx_password)).await;
+        assert_eq!(s, 204, "{backend}: transaction password {v}");
+        let entry = json!({"label": "hygiene", "asset": "ETH", "address": dest}).to_string();
+        let (s, v) = client.call(&mut hay, Method::POST, "/v1/address-book", t, None, Some(&entry)).await;
+        assert_eq!(s, 201, "{backend}: save the destination {v}");
 
         // Bad requests: each answers with an error body, and those bodies are searched too.
         let wrong = json!({"email": email, "password": "not the password"}).to_string();
         let (s, _) = client.call(&mut hay, Method::POST, "/v1/sessions", None, None, Some(&wrong)).await;
         assert!((400..500).contains(&s), "{backend}: wrong password answered {s}");
-        let dest = outside_address(&format!("{backend}-hygiene-dest"));
         for (n, amount) in
             ["-1", "1.5", "abc", "0", "", "1e18", "340282366920938463463374607431768211456"].into_iter().enumerate()
         {
-            let body = json!({"asset": "ETH", "amount": amount, "destination": dest}).to_string();
+            let body = json!({
+                "asset": "ETH", "amount": amount, "destination": dest, "transaction_password": TRANSACTION_PASSWORD,
+            })
+            .to_string();
             let key = format!("bad-amount-{n}");
             let (s, _) = client.call(&mut hay, Method::POST, "/v1/withdrawals", t, Some(&key), Some(&body)).await;
             assert!((400..500).contains(&s), "{backend}: amount {amount:?} answered {s}");
         }
-        let over = json!({"asset": "ETH", "amount": (1000 * ETH).to_string(), "destination": dest}).to_string();
+        let over = json!({
+            "asset": "ETH", "amount": (1000 * ETH).to_string(), "destination": dest,
+            "transaction_password": TRANSACTION_PASSWORD,
+        })
+        .to_string();
+        // A wrong transaction password is refused, and neither password shows up anywhere.
+        let wrong_tx = json!({
+            "asset": "ETH", "amount": "1", "destination": dest, "transaction_password": "not the transaction password",
+        })
+        .to_string();
+        let (s, _) = client.call(&mut hay, Method::POST, "/v1/withdrawals", t, Some("wrong-tx"), Some(&wrong_tx)).await;
+        assert_eq!(s, 403, "{backend}: wrong transaction password");
         client.call(&mut hay, Method::POST, "/v1/withdrawals", t, Some("over"), Some(&over)).await;
         let bad_dest = json!({"asset": "ETH", "amount": "1", "destination": "0xnothex"}).to_string();
         client.call(&mut hay, Method::POST, "/v1/withdrawals", t, Some("bad-dest"), Some(&bad_dest)).await;
@@ -287,10 +324,22 @@ async fn k1_l2_no_secret_in_logs_database_responses_or_errors() {
             (eth["available"] == (2 * ETH).to_string()).then_some(())
         })
         .await;
-        let body = json!({"asset": "ETH", "amount": (ETH / 2).to_string(), "destination": dest}).to_string();
+        let body = json!({
+            "asset": "ETH", "amount": (ETH / 2).to_string(), "destination": dest,
+            "transaction_password": TRANSACTION_PASSWORD,
+        })
+        .to_string();
         let (s, v) = client.call(&mut hay, Method::POST, "/v1/withdrawals", t, Some("w-ok"), Some(&body)).await;
         assert_eq!(s, 202, "{backend}: withdrawal {v}");
         let id = v["id"].as_str().unwrap().to_string();
+        if v["status"] == "awaiting_confirmation" {
+            // U8: the token from the mail the notice sender wrote into the dev mail directory.
+            let token = support::wait_confirmation_token(&h.mail_dir(), email, &id).await;
+            let confirm = json!({ "token": token }).to_string();
+            let (s, v) =
+                client.call(&mut hay, Method::POST, "/v1/withdrawal-confirmations", None, None, Some(&confirm)).await;
+            assert!((200..300).contains(&s), "{backend}: confirmation {v}");
+        }
         wait_for("settlement", TIMEOUT, Some(&h.anvil), || async {
             let v = client.http.get(format!("{}/v1/withdrawals/{id}", h.api_base())).bearer_auth(&token).send().await;
             let v: Value = v.ok()?.json().await.ok()?;
@@ -409,7 +458,9 @@ async fn k1_l2_no_secret_in_logs_database_responses_or_errors() {
             hay.add(origin, text);
         }
 
-        let needles = needles(&hot_hex, &mnemonic, &master.to_string(), &kek_hex, &share_hex);
+        let mut needles = needles(&hot_hex, &mnemonic, &master.to_string(), &kek_hex, &share_hex);
+        // U9: the transaction password is stored only as an argon2id hash and never echoed or logged.
+        needles.push(("transaction password".to_string(), TRANSACTION_PASSWORD.to_string()));
         let found = search(&hay, &needles);
         assert!(
             found.is_empty(),

@@ -207,7 +207,7 @@ async fn k21_k3_s1_pkcs11_hot_key_from_init_to_a_settled_withdrawal() {
         reqwest::get(format!("{base}/openapi.json")).await.ok().filter(|r| r.status().is_success()).map(|_| ())
     })
     .await;
-    let c = Customer::register(&base, "hsm@example.com").await;
+    let c = Customer::register(&base, "hsm@example.com", &dir.path().join("mail")).await;
     anvil.send_eth(kinko_chain::anvil::ACCOUNT1, &c.deposit_address, 2 * ETH).await.unwrap();
     wait_for("deposit credit", TIMEOUT, Some(&anvil), || async { (c.available().await == 2 * ETH).then_some(()) })
         .await;

@@ -154,7 +154,7 @@ async fn k3_k16_s1_o5_signer_process_seal_unseal_and_withdrawal_end_to_end() {
         reqwest::get(format!("{base}/openapi.json")).await.ok().filter(|r| r.status().is_success()).map(|_| ())
     })
     .await;
-    let c = Customer::register(&base, "carol@example.com").await;
+    let c = Customer::register(&base, "carol@example.com", &dir.path().join("mail")).await;
     anvil.send_eth(kinko_chain::anvil::ACCOUNT1, &c.deposit_address, 2 * ETH).await.unwrap();
     wait_for("deposit credit", TIMEOUT, Some(&anvil), || async { (c.available().await == 2 * ETH).then_some(()) })
         .await;

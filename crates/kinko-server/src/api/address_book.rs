@@ -10,8 +10,9 @@
 //!   without cooling-off. Binding needs a step-up, or — re-binding after a wallet migration — a second
 //!   signature over the same challenge from the wallet bound so far.
 //!
-//! [`check_destination`] is what withdrawal enforcement will call. Withdrawals are not yet refused for
-//! unsaved destinations (this round adds the mechanism only).
+//! Withdrawals go only to saved destinations (U13): the withdrawal handler calls
+//! [`require_usable_destination`], which refuses a destination that is not saved (or bound), or still
+//! cooling off, with a 422 naming `destination`.
 
 use alloy_primitives::Signature;
 use axum::Json;
@@ -131,6 +132,36 @@ pub async fn check_destination(
         Some(e) if now_ms >= e.usable_at_ms => DestinationCheck::Usable { entry_id: e.id },
         Some(e) => DestinationCheck::CoolingOff { entry_id: e.id, usable_at_ms: e.usable_at_ms },
     })
+}
+
+/// [`check_destination`] as the withdrawal handler needs it: `Ok` for a usable destination, otherwise a
+/// 422 naming `destination` that says whether it is not saved or cooling off until when.
+pub async fn require_usable_destination(
+    state: &AppState,
+    customer_id: &str,
+    asset: &AssetCode,
+    address: &str,
+    now_ms: i64,
+) -> Result<DestinationCheck, Problem> {
+    match check_destination(state, customer_id, asset, address, now_ms).await? {
+        usable @ (DestinationCheck::BoundWallet { .. } | DestinationCheck::Usable { .. }) => Ok(usable),
+        DestinationCheck::CoolingOff { usable_at_ms, .. } => Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "destination-cooling-off",
+            "destination still cooling off",
+            "destination",
+            &format!("was saved recently and is usable from {} (usable_at_ms {usable_at_ms})", rfc3339(usable_at_ms)),
+        )),
+        DestinationCheck::NotSaved => Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "destination-not-saved",
+            "destination not in the address book",
+            "destination",
+            &format!(
+                "is not a saved destination for {asset}: save it first (POST /v1/address-book), then wait out the cooling-off"
+            ),
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -65,9 +65,11 @@ impl AuthLevel {
     }
 }
 
-/// The level a withdrawal request needs today. The customer-protection issue raises it to `Mfa` plus a
-/// transaction password; every withdrawal handler already asks through this constant.
-pub const WITHDRAWAL_AUTH_LEVEL_MIN: AuthLevel = AuthLevel::Password;
+/// The session level moving money out of an account needs (U4): a second factor proven on this session
+/// within the last [`super::mfa::STEP_UP_TTL_MS`]. Withdrawals and internal transfers both ask through
+/// [`super::internal_transfers::require_transfer_auth`], which adds an enrolled factor and the
+/// transaction password (U2, U9).
+pub const WITHDRAWAL_AUTH_LEVEL_MIN: AuthLevel = AuthLevel::StepUp;
 
 fn argon2() -> Result<Argon2<'static>, Problem> {
     let params =
@@ -208,7 +210,7 @@ pub async fn create_customer(
         password_hash,
         created_at_ms: now_ms(),
     };
-    match state.store.insert_customer(&customer).await {
+    match super::onboarding::register(&state, &customer).await {
         Ok(()) => Ok((StatusCode::CREATED, Json(CustomerCreated { id: customer.id }))),
         Err(StoreError::Conflict(_)) => Err(Problem::field(
             StatusCode::CONFLICT,

@@ -20,6 +20,7 @@ use kinko_store::internal_transfers::{
     InternalTransferError, InternalTransferRow, NewInternalTransfer, TransferOutcome,
 };
 use kinko_store::notices::NewNotice;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -29,6 +30,7 @@ use super::accounts::page_limit;
 use super::assets::lookup_asset;
 use super::auth::{Customer, WITHDRAWAL_AUTH_LEVEL_MIN, normalize_email};
 use super::extract::BODY_LIMIT_BYTES;
+use super::mfa::{has_second_factor, verify_transaction_password};
 use super::ops_requests::FIAT_ASSETS;
 use super::problem::{FieldError, Problem, ProblemBody};
 use super::withdrawals::{IDEMPOTENCY_KEY_HEADER, idempotency_key};
@@ -41,13 +43,60 @@ pub const CUSTOMER_ID_LEN_MAX: usize = 64;
 pub const NOTICE_TRANSFER_SENT: &str = "internal_transfer_sent";
 pub const NOTICE_TRANSFER_RECEIVED: &str = "internal_transfer_received";
 
-/// What an internal transfer requires of the session. Deliberately the withdrawal requirement itself:
-/// money leaving a customer's account by transfer must never be easier than by withdrawal, so when the
-/// enforcement round raises `WITHDRAWAL_AUTH_LEVEL_MIN` (and adds the transaction password), withdrawals
-/// and transfers both follow, since both call this; the test
-/// `m7_transfer_requires_exactly_what_withdrawals_require` pins the two together.
-pub fn require_transfer_auth(customer: &Customer) -> Result<(), Problem> {
-    customer.require(WITHDRAWAL_AUTH_LEVEL_MIN)
+/// The body field carrying the transaction password, in withdrawal and transfer requests alike.
+pub const TRANSACTION_PASSWORD_FIELD: &str = "transaction_password";
+
+/// What moving money out of a customer's account requires, checked in this order, each refusal a 403
+/// problem+json naming what is missing and nothing written but the failure count:
+///
+/// 1. an enrolled possession factor, TOTP or a passkey (U2, U3): `mfa-required`;
+/// 2. a fresh step-up on this session, [`WITHDRAWAL_AUTH_LEVEL_MIN`] (U4): `step-up-required`;
+/// 3. the transaction password, separate from the login password, in the request body (U9): missing is
+///    `transaction-password-required`; wrong, unset or locked are [`verify_transaction_password`]'s
+///    answers (failures counted, locking with back-off).
+///
+/// The factor is checked although a step-up proves one: a factor removed after stepping up must not leave
+/// a session that still moves money. Deliberately one function for withdrawals and transfers: money
+/// leaving by transfer must never be easier than by withdrawal; the test
+/// `m7_transfer_requires_exactly_what_withdrawals_require` pins the two together. So a stolen password
+/// alone (no factor), a stolen session (no fresh factor) and a stolen stepped-up session (no transaction
+/// password) each move nothing.
+pub async fn require_transfer_auth(
+    state: &AppState,
+    customer: &Customer,
+    transaction_password: Option<SecretString>,
+) -> Result<(), Problem> {
+    if !has_second_factor(state, &customer.id).await? {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "mfa-required", "second factor required").detail(
+            "moving money needs an enrolled second factor: an authenticator app (POST /v1/mfa/totp) or a passkey \
+             (POST /v1/mfa/webauthn/register/start)",
+        ));
+    }
+    customer.require(WITHDRAWAL_AUTH_LEVEL_MIN)?;
+    let Some(password) = transaction_password else {
+        return Err(Problem::field(
+            StatusCode::FORBIDDEN,
+            "transaction-password-required",
+            "transaction password required",
+            TRANSACTION_PASSWORD_FIELD,
+            "is required: the transaction password set with PUT /v1/transaction-password",
+        ));
+    };
+    verify_transaction_password(state, &customer.id, password).await
+}
+
+/// The transaction password from a raw transfer body, read before the body is validated so that the
+/// authentication answers come first (as for withdrawals, whose body is parsed by the extractor). Absent
+/// when the body is not a JSON object or the field is not a string ([`validate`] names those).
+fn transaction_password_of(body: &[u8]) -> Option<SecretString> {
+    if body.len() > BODY_LIMIT_BYTES {
+        return None;
+    }
+    let mut value: Value = serde_json::from_slice(body).ok()?;
+    match value.get_mut(TRANSACTION_PASSWORD_FIELD)?.take() {
+        Value::String(s) => Some(SecretString::from(s)),
+        _ => None,
+    }
 }
 
 /// The request body (documentation; the handler validates the raw JSON so that exactly one of the two
@@ -64,6 +113,10 @@ pub struct InternalTransferRequest {
     /// Base units as a decimal string; a JSON number is refused.
     #[schema(example = "1000000000000000")]
     pub amount: String,
+    /// The transaction password (U9), separate from the login password; required (with an enrolled
+    /// second factor and a fresh step-up). Never stored or echoed.
+    #[schema(format = Password)]
+    pub transaction_password: String,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -118,7 +171,7 @@ pub struct ValidTransfer {
     pub amount: Amount,
 }
 
-const FIELDS: [&str; 4] = ["to_email", "to_customer_id", "asset", "amount"];
+const FIELDS: [&str; 5] = ["to_email", "to_customer_id", "asset", "amount", TRANSACTION_PASSWORD_FIELD];
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     let essence = headers
@@ -171,6 +224,8 @@ pub fn validate(config: &crate::Config, body: &[u8]) -> Result<ValidTransfer, Pr
     let to_customer_id = string("to_customer_id", &mut errors);
     let asset_raw = string("asset", &mut errors);
     let amount_raw = string("amount", &mut errors);
+    // Checked for type only here (wiped after); its value is `require_transfer_auth`'s business.
+    let _ = string(TRANSACTION_PASSWORD_FIELD, &mut errors).map(zeroize::Zeroizing::new);
     let recipient = match (to_email, to_customer_id) {
         (Some(_), Some(_)) => {
             errors.push(FieldError::new("to_customer_id", "give to_email or to_customer_id, not both"));
@@ -289,7 +344,7 @@ fn negative_position() -> Problem {
         (status = 201, description = "transferred (or the earlier transfer for this key)", body = InternalTransferView),
         (status = 400, description = "missing or malformed Idempotency-Key, malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "no valid session", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "stronger authentication required (the same as for withdrawals)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "exactly what withdrawals need is missing: an enrolled second factor (`mfa-required`), a fresh step-up (`step-up-required`), or the right transaction password (`transaction-password-required`, `-wrong`, `-not-set`, `-locked`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "negative position: transfers blocked", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "not application/json", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "invalid fields, self-transfer, a recipient who cannot receive (one answer for unknown and deleted), insufficient balance, key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
@@ -301,9 +356,10 @@ pub async fn create_internal_transfer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<InternalTransferView>), Problem> {
-    require_transfer_auth(&customer)?;
-    let key = idempotency_key(&headers)?;
     check_content_type(&headers)?;
+    require_transfer_auth(&state, &customer, transaction_password_of(&body)).await?;
+    super::onboarding::require_kyc_verified(&state, &customer.id).await?;
+    let key = idempotency_key(&headers)?;
     let req = validate(&state.config, &body)?;
     let request_hash = request_hash(&req);
     // A replay returns what the first request got, before anything else is consulted.
@@ -464,9 +520,14 @@ mod tests {
         assert_ne!(request_hash(&a), request_hash(&d));
     }
 
+    /// U4: the session part of [`require_transfer_auth`] is the fresh step-up; password and MFA sessions
+    /// are refused. (The whole ladder, through both endpoints, is
+    /// `api_enforcement::m7_transfer_requires_exactly_what_withdrawals_require`.)
     #[test]
-    fn m7_transfer_requires_exactly_what_withdrawals_require() {
-        for level in [super::super::auth::AuthLevel::Password, super::super::auth::AuthLevel::Mfa] {
+    fn u4_moving_money_needs_a_fresh_step_up() {
+        use super::super::auth::AuthLevel;
+        assert_eq!(WITHDRAWAL_AUTH_LEVEL_MIN, AuthLevel::StepUp);
+        for (level, ok) in [(AuthLevel::Password, false), (AuthLevel::Mfa, false), (AuthLevel::StepUp, true)] {
             let c = Customer {
                 id: "c_1".into(),
                 auth_level: level,
@@ -474,7 +535,23 @@ mod tests {
                 stepped_up_until_ms: 0,
                 session: super::super::auth::SessionKey("k".into()),
             };
-            assert_eq!(require_transfer_auth(&c).is_ok(), c.require(WITHDRAWAL_AUTH_LEVEL_MIN).is_ok(), "{level:?}");
+            assert_eq!(c.require(WITHDRAWAL_AUTH_LEVEL_MIN).is_ok(), ok, "{level:?}");
         }
+    }
+
+    #[test]
+    fn u9_transaction_password_read_from_the_raw_body() {
+        use secrecy::ExposeSecret;
+        let p = transaction_password_of(br#"{"asset":"ETH","transaction_password":"tx pass word!"}"#).unwrap();
+        assert_eq!(p.expose_secret(), "tx pass word!");
+        assert!(transaction_password_of(br#"{"transaction_password":5}"#).is_none());
+        assert!(transaction_password_of(br#"{"asset":"ETH"}"#).is_none());
+        assert!(transaction_password_of(b"[1]").is_none());
+        let c = config();
+        let fields = validate(&c, br#"{"to_email":"a@b","asset":"ETH","amount":"5","transaction_password":1}"#)
+            .unwrap_err()
+            .body
+            .errors;
+        assert_eq!(fields[0].field, TRANSACTION_PASSWORD_FIELD);
     }
 }

@@ -58,6 +58,17 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Sets a gauge (the node monitor's series: node health, watcher lag, withdrawals per state, hot-wallet
+    /// balance, seal). Labels must come from a bounded set (chain, node label, status), never from input.
+    pub fn set_gauge(&self, name: &'static str, labels: &[(&'static str, String)], value: f64) {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+        let key = Key::from_parts(name, labels);
+        let metadata = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+        self.recorder.register_gauge(&key, &metadata).set(value);
+    }
+}
+
 /// Middleware: counts every request by method, route and status.
 pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_string();

@@ -4,8 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    account, accounts, address_book, auth, internal_transfers, login_protection, mfa, ops, ops_auth, ops_registry,
-    ops_requests, problem, withdrawals,
+    account, accounts, address_book, auth, internal_transfers, login_protection, mfa, onboarding, ops, ops_auth,
+    ops_registry, ops_requests, problem, withdrawals,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +33,7 @@ use super::{
         withdrawals::get_withdrawal,
         withdrawals::cancel_withdrawal,
         withdrawals::list_withdrawals,
+        super::withdrawal_confirmation::confirm_withdrawal,
         address_book::add_entry,
         address_book::list_entries,
         address_book::remove_entry,
@@ -60,6 +61,24 @@ use super::{
         ops_requests::inspect,
         ops_requests::events,
         crate::aml::list_cases,
+        super::freezes::create_freeze,
+        super::freezes::list_freezes,
+        super::freezes::get_reconciliation,
+        super::freezes::run_reconciliation,
+        crate::maintenance::create_window,
+        crate::maintenance::list_windows,
+        crate::maintenance::cancel_window,
+        crate::maintenance::status,
+        crate::audit::search,
+        crate::audit::inspection,
+        crate::audit::key_access_log,
+        onboarding::verify_email,
+        onboarding::resend_verification,
+        onboarding::submit_kyc,
+        onboarding::kyc_status,
+        onboarding::ops_list,
+        onboarding::ops_review,
+        onboarding::ops_decide,
     ),
     components(schemas(problem::ProblemBody, problem::FieldError)),
     modifiers(&BearerAuth),

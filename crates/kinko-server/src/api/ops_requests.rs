@@ -88,6 +88,41 @@ pub const OPS_AUTHZ: &[(&str, &str, &[Principal])] = &[
     ("get", "/v1/ops/events", &[Principal::Role(Role::LogInspector), Principal::Role(Role::Administrator)]),
     // U14: compliance review reads cases; the inspector audits, the operations manager acts on them.
     ("get", "/v1/ops/aml-cases", &[Principal::Role(Role::LogInspector), Principal::Role(Role::OperationsManager)]),
+    // K19, S5, L3: one person of any role may stop everything; lifting is an unfreeze request. Everyone reads
+    // the freezes and the reconciliation, and may run a balance reconciliation.
+    ("post", "/v1/ops/freezes", ALL_ROLES),
+    ("get", "/v1/ops/freezes", ALL_ROLES),
+    ("get", "/v1/ops/reconciliation", ALL_ROLES),
+    ("post", "/v1/ops/reconciliation", ALL_ROLES),
+    // S4: operations managers and administrators announce and cancel maintenance windows; everyone reads them.
+    (
+        "post",
+        "/v1/ops/maintenance-windows",
+        &[Principal::Role(Role::OperationsManager), Principal::Role(Role::Administrator)],
+    ),
+    ("get", "/v1/ops/maintenance-windows", ALL_ROLES),
+    (
+        "post",
+        "/v1/ops/maintenance-windows/{id}/cancel",
+        &[Principal::Role(Role::OperationsManager), Principal::Role(Role::Administrator)],
+    ),
+    // The audit trail and the key access log (L2, L4–L6): the log inspector's, and administrators'.
+    ("get", "/v1/ops/audit", &[Principal::Role(Role::LogInspector), Principal::Role(Role::Administrator)]),
+    ("get", "/v1/ops/audit/inspection", &[Principal::Role(Role::LogInspector), Principal::Role(Role::Administrator)]),
+    ("get", "/v1/ops/key-access-log", &[Principal::Role(Role::LogInspector), Principal::Role(Role::Administrator)]),
+    // U1: signing operators take KYC cases for review, operations managers decide them (one role each, O3,
+    // so the reviewer never decides), log inspectors audit the queue.
+    (
+        "get",
+        "/v1/ops/kyc",
+        &[
+            Principal::Role(Role::SigningOperator),
+            Principal::Role(Role::OperationsManager),
+            Principal::Role(Role::LogInspector),
+        ],
+    ),
+    ("post", "/v1/ops/kyc/{id}/review", &[Principal::Role(Role::SigningOperator)]),
+    ("post", "/v1/ops/kyc/{id}/decision", &[Principal::Role(Role::OperationsManager)]),
 ];
 
 /// 403 naming the rule that refused.
@@ -172,6 +207,7 @@ fn kind_for(process: Process) -> Option<&'static str> {
         Process::PolicyChange => Some("policy_change"),
         Process::FiatDeposit => Some("fiat_deposit"),
         Process::CustomerRestore => Some(super::account::CUSTOMER_RESTORE_KIND),
+        Process::Unfreeze => Some(kinko_core::freeze::UNFREEZE_KIND),
         Process::Personnel => None,
     }
 }
@@ -296,6 +332,9 @@ async fn check_params(state: &AppState, kind: &str, params: &serde_json::Value) 
         super::account::CUSTOMER_RESTORE_KIND => {
             errors.extend(super::account::check_restore_params(state, params).await?)
         }
+        kinko_core::freeze::UNFREEZE_KIND => {
+            errors.extend(crate::emergency::check_unfreeze_params(state, params).await?)
+        }
         "policy_change" if params.get("policy").is_none_or(|p| !p.is_object()) => {
             errors.push(FieldError::new("params.policy", "is required (a PolicyConfig object)"));
         }
@@ -344,6 +383,9 @@ pub async fn create_request(
     // comes from the hot wallet's policy.
     let (params, intent, required) = if kind == crate::withdrawal_policy::CUSTODIAN_TRANSFER_KIND {
         crate::withdrawal_policy::custodian_transfer_request(&state, &id, &body.params, &op.terminal, now).await?
+    } else if kind == kinko_core::freeze::UNFREEZE_KIND {
+        // K19: approvers sign over the freeze's id and scope, the params the signer checks (M = [emergency]).
+        crate::emergency::unfreeze_request(&state, &id, &body.params).await?
     } else {
         (body.params.clone(), request_intent_hash(process, &id, kind, &body.params), required_approvals(process))
     };
@@ -627,12 +669,17 @@ async fn on_quorum(state: &AppState, op: &Operator, id: &str, now: i64) -> Resul
     request.execute_automatically(&op.registry.operators(), now).map_err(rule_problem)?;
     match row.kind.as_str() {
         KIND_REGISTRY_CHANGE => execute_registry_change(state, &row, &approvals, now).await,
-        "policy_change" | "fiat_deposit" | super::account::CUSTOMER_RESTORE_KIND => {
+        "policy_change"
+        | "fiat_deposit"
+        | super::account::CUSTOMER_RESTORE_KIND
+        | kinko_core::freeze::UNFREEZE_KIND => {
             let params: serde_json::Value = serde_json::from_str(&row.params_json).map_err(Problem::internal)?;
             let outcome = if row.kind == "policy_change" {
                 crate::withdrawal_policy::apply_policy_change(state, id, &params, now).await
             } else if row.kind == super::account::CUSTOMER_RESTORE_KIND {
                 super::account::execute_restore(state, id, &params, now).await
+            } else if row.kind == kinko_core::freeze::UNFREEZE_KIND {
+                crate::emergency::execute_unfreeze(state, &row, &approvals, now).await
             } else {
                 post_fiat_deposit(state, id, &params, now).await
             };

@@ -49,17 +49,26 @@ pub struct WithdrawalRequest {
     /// `[aml] purpose_required_above`.
     #[serde(default)]
     pub beneficiary: Option<String>,
+    /// The transaction password (U9), separate from the login password; required (with an enrolled second
+    /// factor and a fresh step-up), refused with 403 when missing. Never stored or echoed.
+    #[serde(default)]
+    #[schema(format = Password)]
+    pub transaction_password: Option<String>,
 }
 
 impl crate::aml::JsonBodyOptional for WithdrawalRequest {
     const REQUIRED: &'static [&'static str] = &["asset", "amount", "destination"];
-    const OPTIONAL: &'static [&'static str] = &["purpose", "beneficiary"];
+    // The transaction password is optional here only so that its absence gets the authentication answer
+    // (403 `transaction-password-required`) rather than a validation error.
+    const OPTIONAL: &'static [&'static str] = &["purpose", "beneficiary", "transaction_password"];
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct WithdrawalAccepted {
     pub id: String,
-    /// `approved` (automatic) or `pending_approval` (operators must approve first, see `reasons`).
+    /// `approved` (automatic), `pending_approval` (operators must approve first, see `reasons`) or
+    /// `awaiting_confirmation` (U4: confirm with the token sent by e-mail/webhook first; then the policy's
+    /// decision applies).
     #[schema(example = "approved")]
     pub status: String,
     /// Why operator approval is needed (absent when automatic): the policy rules that asked, each an object
@@ -76,7 +85,8 @@ pub struct WithdrawalView {
     #[schema(value_type = String)]
     pub amount: Amount,
     pub destination: String,
-    /// requested, pending_approval, approved, signing, signed, broadcast, confirmed, settled, failed, cancelled.
+    /// requested, awaiting_confirmation, pending_approval, approved, signing, signed, broadcast, confirmed,
+    /// settled, failed, cancelled.
     pub status: String,
     pub tx_hash: Option<String>,
     /// Network fee paid by the custodian, base units; set when settled.
@@ -182,10 +192,12 @@ pub fn request_hash(req: &ValidRequest) -> String {
         (status = 202, description = "accepted (or the earlier withdrawal for this key)", body = WithdrawalAccepted),
         (status = 400, description = "missing or malformed Idempotency-Key, malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "no valid session", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "no enrolled second factor (`mfa-required`), no fresh step-up (`step-up-required`), or the transaction password missing, wrong, unset or locked (`transaction-password-required`, `-wrong`, `-not-set`, `-locked`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "negative position: withdrawals blocked", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 423, description = "an emergency freeze covers the hot wallet (`frozen`, naming the freeze; K19, S5)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "invalid fields (`purpose`/`beneficiary` missing above the AML threshold), insufficient balance, key reused with another request, no policy, refused by policy (`policy-denied`, naming the rules), or a deny-listed destination (`destination-denied`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields (`purpose`/`beneficiary` missing above the AML threshold), insufficient balance, key reused with another request, no policy, refused by policy (`policy-denied`, naming the rules), or a deny-listed destination (`destination-denied`), a destination not saved in the address book (`destination-not-saved`) or still cooling off (`destination-cooling-off`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "the AML deny list cannot be loaded: withdrawals refused (`aml-screening-unavailable`)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
@@ -193,9 +205,14 @@ pub async fn create_withdrawal(
     State(state): State<AppState>,
     customer: Customer,
     headers: HeaderMap,
-    crate::aml::ApiJsonOpt(body): crate::aml::ApiJsonOpt<WithdrawalRequest>,
+    client: super::login_protection::ClientInfo,
+    crate::aml::ApiJsonOpt(mut body): crate::aml::ApiJsonOpt<WithdrawalRequest>,
 ) -> Result<(StatusCode, Json<WithdrawalAccepted>), Problem> {
-    super::internal_transfers::require_transfer_auth(&customer)?;
+    // K19, S5: first, so that nothing (not even a transaction-password attempt) counts while frozen.
+    crate::emergency::refuse_withdrawal_if_frozen(&state).await?;
+    let transaction_password = body.transaction_password.take().map(secrecy::SecretString::from);
+    super::internal_transfers::require_transfer_auth(&state, &customer, transaction_password).await?;
+    super::onboarding::require_kyc_verified(&state, &customer.id).await?;
     let key = idempotency_key(&headers)?;
     let req = validate(&state.config, &body)?;
     // U14: purpose and beneficiary, bounded when given, required above the threshold.
@@ -229,6 +246,10 @@ pub async fn create_withdrawal(
             Json(WithdrawalAccepted { id: row.id, status: row.status.as_str().to_string(), reasons }),
         ));
     }
+    // U13: only to a saved destination past its cooling-off, or the bound wallet. After the replay check, so
+    // that removing an entry later cannot turn a retry of an accepted withdrawal into an error.
+    super::address_book::require_usable_destination(&state, &customer.id, &req.asset, &req.destination, now_ms())
+        .await?;
     let policy = withdrawal_policy::policy_for(&state, HOT_KEY_ID, &req.asset).await?;
     let intent_hash = hex::encode(intent.hash());
     let params_json = serde_json::to_string(&serde_json::json!({
@@ -295,6 +316,10 @@ pub async fn create_withdrawal(
     };
     // The status is set from the gate; `approved` here only satisfies the struct.
     let status = WithdrawalStatus::Requested.transition(WithdrawalStatus::Approved).map_err(Problem::internal)?;
+    // U4, U9: above a threshold, to a new destination or when risky, the customer confirms over a second
+    // channel first; the withdrawal then waits in `awaiting_confirmation`, held and never signed.
+    let confirmation =
+        super::withdrawal_confirmation::decide_confirmation(&state, &customer, &client, &req, &id, now).await?;
     let new = NewWithdrawal {
         id,
         customer_id: customer.id.clone(),
@@ -308,7 +333,8 @@ pub async fn create_withdrawal(
         idempotency_key: key,
         request_hash: request_hash.clone(),
     };
-    let (row, reasons) = match state.store.create_policed_withdrawal(&new, HISTORY_LEN_MAX, decide, now).await {
+    let created = state.store.create_policed_withdrawal_with(&new, HISTORY_LEN_MAX, decide, confirmation.as_ref(), now);
+    let (row, reasons) = match created.await {
         Ok(Policed::Created { row, decided }) => {
             let reasons = match decided {
                 Decision::NeedsApproval { reasons, .. } => {
@@ -408,7 +434,12 @@ pub async fn cancel_withdrawal(
     customer: Customer,
     Path(id): Path<String>,
 ) -> Result<Json<WithdrawalView>, Problem> {
-    super::internal_transfers::require_transfer_auth(&customer)?;
+    // A session is enough: cancelling moves no money out, and a customer who sees a withdrawal they did
+    // not make must be able to stop it at once, even without their authenticator at hand.
+    // U4: one awaiting confirmation is cancelled here (hold released, its token dead).
+    if let Some(row) = super::withdrawal_confirmation::cancel_awaiting(&state, &id, &customer.id).await? {
+        return Ok(Json(row.into()));
+    }
     let actor = format!("customer:{}", customer.id);
     let terminal = format!("api:{}", state.config.instance_id);
     let closer = RequestCloser { actor: &actor, terminal: &terminal };
@@ -486,6 +517,7 @@ mod tests {
             destination: dest.into(),
             purpose: None,
             beneficiary: None,
+            transaction_password: None,
         };
         let a = validate(&c, &body("0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "5")).unwrap();
         let b = validate(&c, &body("0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "5")).unwrap();

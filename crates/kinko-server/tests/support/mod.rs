@@ -1,1 +1,2 @@
+pub mod customer;
 pub mod ops;

@@ -64,6 +64,11 @@ impl Harness {
         format!("http://{}", self.config.listen)
     }
 
+    /// Where the serving kinko writes customer e-mail (`[notices] mail_dir`, the dev file transport).
+    pub fn mail_dir(&self) -> PathBuf {
+        self.config.notices.mail_dir.clone().expect("the dev configuration writes mail to a directory")
+    }
+
     /// Starts kinko in this process (the API on the configured port).
     pub async fn start_in_process(&self) -> app::Running {
         let kek = app::load_kek(&self.config).unwrap();
@@ -118,29 +123,57 @@ where
     }
 }
 
-/// A customer's view of the API.
+/// The login password of every harness customer.
+pub const CUSTOMER_PASSWORD: &str = "correct horse battery staple";
+/// The transaction password of every harness customer (U9: not the login password).
+pub const TRANSACTION_PASSWORD: &str = "a separate transaction password";
+/// How long [`Customer::withdraw`] waits for the confirmation mail (the sender polls every second).
+const CONFIRMATION_MAIL_WAIT: Duration = Duration::from_secs(60);
+/// The mail line that carries a withdrawal confirmation token.
+const TOKEN_LINE_PREFIX: &str = "Confirmation token:";
+
+/// The customer's second factor as the harness holds it (shared by clones of one [`Customer`]).
+struct Factor {
+    totp: totp_rs::Totp,
+    recovery_codes: Vec<String>,
+    /// The newest TOTP time step used: codes are single use per 30 s step.
+    step_used: u64,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A customer's view of the API, set up to move money as kinko requires (U2, U3, U4, U9, U13): TOTP
+/// enrolled (codes computed here with totp-rs), the session stepped up, a transaction password set;
+/// [`Customer::withdraw`] saves the destination first and confirms over the mail when asked (U8).
 #[derive(Clone)]
 pub struct Customer {
     pub base: String,
     pub http: reqwest::Client,
     pub token: String,
     pub deposit_address: String,
+    pub email: String,
+    /// The `[notices] mail_dir` of the kinko serving `base` (the dev file transport).
+    pub mail_dir: PathBuf,
+    factor: std::sync::Arc<std::sync::Mutex<Factor>>,
 }
 
 impl Customer {
-    pub async fn register(base: &str, email: &str) -> Customer {
+    /// Register → log in → enrol TOTP → step up → set the transaction password → an ETH deposit address.
+    /// `mail_dir` is the serving kinko's `[notices] mail_dir` ([`Harness::mail_dir`]).
+    pub async fn register(base: &str, email: &str, mail_dir: &std::path::Path) -> Customer {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-        let password = "correct horse battery staple";
         let r = http
             .post(format!("{base}/v1/customers"))
-            .json(&json!({"email": email, "password": password}))
+            .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 201, "register {email}: {}", r.text().await.unwrap_or_default());
         let r: Value = http
             .post(format!("{base}/v1/sessions"))
-            .json(&json!({"email": email, "password": password}))
+            .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
             .send()
             .await
             .unwrap()
@@ -148,18 +181,63 @@ impl Customer {
             .await
             .unwrap();
         let token = r["token"].as_str().expect("token").to_string();
-        let r: Value = http
-            .post(format!("{base}/v1/deposit-addresses"))
+        let post = |path: &str, body: Value| http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send();
+        let r: Value =
+            post("/v1/mfa/totp", json!({"password": CUSTOMER_PASSWORD})).await.unwrap().json().await.unwrap();
+        let totp = totp_rs::Totp::from_url(r["otpauth_uri"].as_str().expect("otpauth_uri")).unwrap();
+        let now = now_secs();
+        let body = json!({"enrolment_id": r["enrolment_id"], "code": totp.generate(now).to_string()});
+        let r = post("/v1/mfa/totp/confirm", body).await.unwrap();
+        assert_eq!(r.status(), 200, "confirm TOTP for {email}");
+        let r: Value = r.json().await.unwrap();
+        let recovery_codes =
+            r["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+        let factor = Factor { totp, recovery_codes, step_used: now / 30 };
+        let mut c = Customer {
+            base: base.into(),
+            http: http.clone(),
+            token: token.clone(),
+            deposit_address: String::new(),
+            email: email.to_string(),
+            mail_dir: mail_dir.to_path_buf(),
+            factor: std::sync::Arc::new(std::sync::Mutex::new(factor)),
+        };
+        c.step_up().await.unwrap();
+        let r = http
+            .put(format!("{base}/v1/transaction-password"))
             .bearer_auth(&token)
-            .json(&json!({"asset": "ETH"}))
+            .json(&json!({"password": TRANSACTION_PASSWORD}))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        let deposit_address = r["address"].as_str().expect("address").to_string();
-        Customer { base: base.into(), http, token, deposit_address }
+        assert_eq!(r.status(), 204, "set the transaction password for {email}");
+        let r: Value = post("/v1/deposit-addresses", json!({"asset": "ETH"})).await.unwrap().json().await.unwrap();
+        c.deposit_address = r["address"].as_str().expect("address").to_string();
+        c
+    }
+
+    /// Steps the session up (U4) with the current TOTP code when its step is unused, else a recovery code
+    /// (both real second factors), so nothing waits for the next 30 s step.
+    pub async fn step_up(&self) -> reqwest::Result<()> {
+        let body = {
+            let mut f = self.factor.lock().unwrap();
+            let now = now_secs();
+            if now / 30 > f.step_used {
+                f.step_used = now / 30;
+                json!({"method": "totp", "code": f.totp.generate(now).to_string()})
+            } else {
+                json!({"method": "recovery_code", "code": f.recovery_codes.pop().expect("a recovery code left")})
+            }
+        };
+        let r = self
+            .http
+            .post(format!("{}/v1/sessions/step-up", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200, "step up {}: {}", self.email, r.text().await.unwrap_or_default());
+        Ok(())
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Result<Value> {
@@ -172,19 +250,105 @@ impl Customer {
         eth["available"].as_str().unwrap().parse().unwrap()
     }
 
-    /// Requests a withdrawal; returns (HTTP status, body).
-    pub async fn withdraw(&self, key: &str, amount: u128, destination: &str) -> reqwest::Result<(u16, Value)> {
-        let r = self
-            .http
-            .post(format!("{}/v1/withdrawals", self.base))
-            .bearer_auth(&self.token)
-            .header("Idempotency-Key", key)
-            .json(&json!({"asset": "ETH", "amount": amount.to_string(), "destination": destination}))
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    /// POSTs as this customer; a `step-up-required` answer (the 5-minute step-up ran out) is met by stepping
+    /// up once and sending again.
+    async fn post_stepped_up(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Result<(u16, Value)> {
+        for attempt in 0..2 {
+            let mut req = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body);
+            if let Some(k) = key {
+                req = req.header("Idempotency-Key", k);
+            }
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            if attempt == 0 && status == 403 && v["type"] == "urn:kinko:problem:step-up-required" {
+                self.step_up().await?;
+                continue;
+            }
+            return Ok((status, v));
+        }
+        unreachable!("the loop returns on its second pass")
     }
+
+    /// Saves `address` for ETH in the address book (U13; already saved is fine).
+    pub async fn save_destination(&self, address: &str) -> reqwest::Result<()> {
+        let body =
+            json!({"label": format!("to {}", &address[..address.len().min(10)]), "asset": "ETH", "address": address});
+        let (status, v) = self.post_stepped_up("/v1/address-book", None, &body).await?;
+        assert!(status == 201 || status == 409, "save destination {address}: {status} {v}");
+        Ok(())
+    }
+
+    /// Requests a withdrawal as a customer does it: saves the destination (U13), sends the transaction
+    /// password (U9), and when the withdrawal waits for confirmation (U8) reads the token from the newest
+    /// confirmation mail for it in the mail directory and confirms. Returns (HTTP status, body); after a
+    /// confirmation the body's `status` is the withdrawal's status then.
+    pub async fn withdraw(&self, key: &str, amount: u128, destination: &str) -> reqwest::Result<(u16, Value)> {
+        self.save_destination(destination).await?;
+        let body = json!({
+            "asset": "ETH", "amount": amount.to_string(), "destination": destination,
+            "transaction_password": TRANSACTION_PASSWORD,
+        });
+        let (status, mut v) = self.post_stepped_up("/v1/withdrawals", Some(key), &body).await?;
+        if status == 202 && v["status"] == "awaiting_confirmation" {
+            let id = v["id"].as_str().expect("withdrawal id").to_string();
+            let token = self.confirmation_token(&id).await;
+            let r = self
+                .http
+                .post(format!("{}/v1/withdrawal-confirmations", self.base))
+                .json(&json!({ "token": token }))
+                .send()
+                .await?;
+            let confirmed = r.status().as_u16();
+            assert!(
+                (200..300).contains(&confirmed),
+                "confirm {id}: {confirmed} {}",
+                r.text().await.unwrap_or_default()
+            );
+            let now = self.get(&format!("/v1/withdrawals/{id}")).await?;
+            v["status"] = now["status"].clone();
+        }
+        Ok((status, v))
+    }
+
+    /// The token of the newest confirmation mail to this customer naming withdrawal `id`, waiting for it.
+    pub async fn confirmation_token(&self, id: &str) -> String {
+        wait_confirmation_token(&self.mail_dir, &self.email, id).await
+    }
+}
+
+/// The token of the newest confirmation mail in `mail_dir` to `email` naming withdrawal `id`, waiting up to
+/// a minute for the notice sender to write it.
+pub async fn wait_confirmation_token(mail_dir: &std::path::Path, email: &str, id: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(token) = find_confirmation_token(mail_dir, email, id) {
+            return token;
+        }
+        assert!(
+            start.elapsed() < CONFIRMATION_MAIL_WAIT,
+            "no confirmation mail for {id} to {email} in {}",
+            mail_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn find_confirmation_token(mail_dir: &std::path::Path, email: &str, id: &str) -> Option<String> {
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(mail_dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+        .collect();
+    files.sort();
+    files.iter().rev().find_map(|(_, path)| {
+        let mail = kinko_server::notices::testing::parse_mail(&std::fs::read_to_string(path).ok()?);
+        if !mail.to.to_ascii_lowercase().contains(&email.to_ascii_lowercase()) || !mail.body.contains(id) {
+            return None;
+        }
+        mail.body.lines().find_map(|l| l.trim().strip_prefix(TOKEN_LINE_PREFIX).map(|t| t.trim().to_string()))
+    })
 }
 
 /// A fresh outside address nobody holds a key for, derived from a label (20 bytes of its sha256).

@@ -563,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn encoding_is_unambiguous_when_text_moves_between_fields() {
+    fn l6_encoding_is_unambiguous_when_text_moves_between_fields() {
         let k = key(1);
         let mut a = record(1);
         let mut b = record(1);
@@ -578,7 +578,7 @@ mod tests {
     }
 
     #[test]
-    fn oversized_fields_are_refused_and_clip_bounds_them() {
+    fn l6_oversized_fields_are_refused_and_clip_bounds_them() {
         let mut r = record(1);
         r.object = "é".repeat(FIELD_LEN_MAX);
         let e = Entry::next(None, 1, r.clone()).unwrap();
@@ -591,7 +591,7 @@ mod tests {
     }
 
     #[test]
-    fn debug_shows_no_secret() {
+    fn l6_debug_shows_no_secret() {
         let k = key(9);
         let shown = format!("{k:?}");
         assert!(!shown.contains(&hex::encode(k.secret_bytes())));

@@ -378,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn reasons_are_bounded_and_serialise_with_a_kind() {
+    fn c10_reasons_are_bounded_and_serialise_with_a_kind() {
         let many: Vec<_> = (0..40)
             .map(|i| NodeObservation { node: format!("n{i}"), status: NodeStatus::Unreachable { error: "e".into() } })
             .collect();

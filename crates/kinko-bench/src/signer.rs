@@ -103,6 +103,7 @@ fn requests_for(key_id: &str, first_nonce: u64, count: u32, source: &str) -> Res
                 approvals: vec![],
                 actor: "kinko-bench".into(),
                 terminal: "kinko-bench".into(),
+                evacuation: None,
             })
         })
         .collect()

@@ -591,10 +591,28 @@ pub mod postings {
         amount: Amount,
         fee: Amount,
     ) -> EntryDraft {
+        custodian_transfer_settled_fee_in(transfer_id, source_wallet, destination_wallet, asset, amount, asset, fee)
+    }
+
+    /// [`custodian_transfer_settled`] with the fee paid in `fee_asset` (the chain's native coin when a token
+    /// moves, K22): the amount leaves the source's `asset` account, the fee its `fee_asset` account.
+    pub fn custodian_transfer_settled_fee_in(
+        transfer_id: &str,
+        source_wallet: &str,
+        destination_wallet: &str,
+        asset: &AssetCode,
+        amount: Amount,
+        fee_asset: &AssetCode,
+        fee: Amount,
+    ) -> EntryDraft {
         let source = AccountRef::wallet(source_wallet, asset);
-        let mut transfers = vec![Transfer::new(AccountRef::wallet(destination_wallet, asset), source.clone(), amount)];
+        let mut transfers = vec![Transfer::new(AccountRef::wallet(destination_wallet, asset), source, amount)];
         if !fee.is_zero() {
-            transfers.push(Transfer::new(AccountRef::network_fees(asset), source, fee));
+            transfers.push(Transfer::new(
+                AccountRef::network_fees(fee_asset),
+                AccountRef::wallet(source_wallet, fee_asset),
+                fee,
+            ));
         }
         EntryDraft {
             kind: EntryKind::CustodianTransfer,
@@ -743,11 +761,30 @@ pub mod postings {
         amount: Amount,
         fee: Amount,
     ) -> EntryDraft {
-        let wallet = AccountRef::wallet(wallet, asset);
+        withdrawal_settled_fee_in(withdrawal_id, customer, wallet, asset, amount, asset, fee)
+    }
+
+    /// [`withdrawal_settled`] with the fee paid in `fee_asset`: a token withdrawal (K22) takes the token
+    /// amount from the customer's held token and the wallet's token account, and the network fee, paid in
+    /// the chain's native coin, from the wallet's native account to the native coin's fee expense.
+    pub fn withdrawal_settled_fee_in(
+        withdrawal_id: &str,
+        customer: &str,
+        wallet: &str,
+        asset: &AssetCode,
+        amount: Amount,
+        fee_asset: &AssetCode,
+        fee: Amount,
+    ) -> EntryDraft {
+        let wallet_asset = AccountRef::wallet(wallet, asset);
         let mut transfers =
-            vec![Transfer::new(AccountRef::customer(AccountKind::Held, customer, asset), wallet.clone(), amount)];
+            vec![Transfer::new(AccountRef::customer(AccountKind::Held, customer, asset), wallet_asset, amount)];
         if !fee.is_zero() {
-            transfers.push(Transfer::new(AccountRef::network_fees(asset), wallet, fee));
+            transfers.push(Transfer::new(
+                AccountRef::network_fees(fee_asset),
+                AccountRef::wallet(wallet, fee_asset),
+                fee,
+            ));
         }
         EntryDraft { kind: EntryKind::WithdrawalSettled, reference: format!("withdrawal:{withdrawal_id}"), transfers }
     }

@@ -6,6 +6,7 @@ pub mod amount;
 pub mod asset;
 pub mod audit;
 pub mod deposit;
+pub mod evacuation;
 pub mod freeze;
 pub mod intent;
 pub mod key_lifecycle;
@@ -17,6 +18,7 @@ pub mod operators;
 pub mod policy;
 pub mod reorg;
 pub mod risk;
+pub mod tiers;
 pub mod withdrawal;
 
 pub use amount::{Amount, AmountError};

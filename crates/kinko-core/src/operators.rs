@@ -133,6 +133,11 @@ pub enum Process {
     /// operations manager to ask and a signing manager — who approves signing — to approve, and the signer
     /// verifies those approvals itself before it signs again.
     Unfreeze,
+    /// kinko's own: evacuating a frozen (compromised) wallet's funds to new keys generated offline (K19,
+    /// S5). Its own process so no other approval — least of all an unfreeze — can be replayed as one; asked
+    /// for by an operations manager, approved by signing managers, and verified by the signer itself, which
+    /// then signs transfers to exactly the approved destination despite the wallet's freeze.
+    Evacuation,
 }
 
 impl Process {
@@ -140,7 +145,7 @@ impl Process {
     pub const TABLE_A1: [Process; 5] =
         [Process::KeyGeneration, Process::KeyStorage, Process::Activation, Process::Signing, Process::Destruction];
     /// Every process, Table A-1's and kinko's own.
-    pub const ALL: [Process; 10] = [
+    pub const ALL: [Process; 11] = [
         Process::KeyGeneration,
         Process::KeyStorage,
         Process::Activation,
@@ -151,6 +156,7 @@ impl Process {
         Process::FiatDeposit,
         Process::CustomerRestore,
         Process::Unfreeze,
+        Process::Evacuation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -165,6 +171,7 @@ impl Process {
             Process::FiatDeposit => "fiat_deposit",
             Process::CustomerRestore => "customer_restore",
             Process::Unfreeze => "unfreeze",
+            Process::Evacuation => "evacuation",
         }
     }
 
@@ -184,7 +191,7 @@ impl Process {
     pub fn requester_role(self) -> Role {
         match self {
             Process::Personnel => Role::Administrator,
-            Process::PolicyChange | Process::Unfreeze => Role::OperationsManager,
+            Process::PolicyChange | Process::Unfreeze | Process::Evacuation => Role::OperationsManager,
             Process::FiatDeposit | Process::CustomerRestore => Role::SigningOperator,
             a1 => role_for(a1, Action::Execute).unwrap_or(Role::Administrator),
         }
@@ -204,6 +211,7 @@ impl Process {
             Process::FiatDeposit => 8,
             Process::CustomerRestore => 9,
             Process::Unfreeze => 10,
+            Process::Evacuation => 11,
         }
     }
 }
@@ -288,7 +296,10 @@ pub const TABLE_A1: [(Process, Action, Role); 15] = [
 /// ログ検査者 (LI)      検査               検査           検査           検査             検査
 /// requested by         admin              OM             SO             SO               OM
 /// ```
-pub const KINKO_TABLE: [(Process, Action, Role); 10] = [
+///
+/// Evacuation (退避, K19/S5) has the unfreeze column's shape: an operations manager asks, signing managers
+/// approve, a log inspector inspects.
+pub const KINKO_TABLE: [(Process, Action, Role); 12] = [
     (Process::Personnel, Action::Approve, Role::Administrator),
     (Process::Personnel, Action::Inspect, Role::LogInspector),
     (Process::PolicyChange, Action::Approve, Role::OperationsManager),
@@ -299,6 +310,8 @@ pub const KINKO_TABLE: [(Process, Action, Role); 10] = [
     (Process::CustomerRestore, Action::Inspect, Role::LogInspector),
     (Process::Unfreeze, Action::Approve, Role::SigningManager),
     (Process::Unfreeze, Action::Inspect, Role::LogInspector),
+    (Process::Evacuation, Action::Approve, Role::SigningManager),
+    (Process::Evacuation, Action::Inspect, Role::LogInspector),
 ];
 
 /// The one role [`TABLE_A1`] or [`KINKO_TABLE`] lists for `action` on `process`; `None` when nobody may

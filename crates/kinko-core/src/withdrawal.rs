@@ -32,6 +32,11 @@ pub enum WithdrawalStatus {
     Approved,
     /// Nonce and fees reserved and persisted; the unsigned payload is stored.
     Signing,
+    /// A cold-wallet row (K14): nonce and fees reserved like `signing`, but only the offline signer can
+    /// sign it. The pipeline never signs it; importing a verified signed bundle moves it to `signed`. An
+    /// operator may still fail or cancel it: nothing has been signed online, and the offline signature,
+    /// if one exists, is never imported after that.
+    AwaitingOfflineSignature,
     /// The raw signed transaction is stored; it may or may not be on the network yet.
     Signed,
     /// Sent to the node at least once.
@@ -49,12 +54,13 @@ pub enum WithdrawalStatus {
 use WithdrawalStatus::*;
 
 impl WithdrawalStatus {
-    pub const ALL: [WithdrawalStatus; 11] = [
+    pub const ALL: [WithdrawalStatus; 12] = [
         Requested,
         AwaitingConfirmation,
         PendingApproval,
         Approved,
         Signing,
+        AwaitingOfflineSignature,
         Signed,
         Broadcast,
         Confirmed,
@@ -70,6 +76,7 @@ impl WithdrawalStatus {
             PendingApproval => "pending_approval",
             Approved => "approved",
             Signing => "signing",
+            AwaitingOfflineSignature => "awaiting_offline_signature",
             Signed => "signed",
             Broadcast => "broadcast",
             Confirmed => "confirmed",
@@ -96,8 +103,10 @@ impl WithdrawalStatus {
                 // U4: only a second-channel confirmation moves it on, to what the policy decided.
                 | (AwaitingConfirmation, PendingApproval | Approved | Failed | Cancelled)
                 | (PendingApproval, Approved | Failed | Cancelled)
-                | (Approved, Signing | Failed | Cancelled)
+                | (Approved, Signing | AwaitingOfflineSignature | Failed | Cancelled)
                 | (Signing, Signed)
+                // K14: only an imported, verified offline signature moves it on; an operator may abandon it.
+                | (AwaitingOfflineSignature, Signed | Failed | Cancelled)
                 | (Signed, Broadcast)
                 // A replacement transaction (fee bump, C4) goes back through `signed` for the same nonce.
                 | (Broadcast, Signed | Confirmed)
@@ -115,6 +124,12 @@ impl WithdrawalStatus {
     /// Whether the amount is held and nothing has been signed: closing it must release the hold.
     pub fn holds_unsigned(self) -> bool {
         matches!(self, AwaitingConfirmation | PendingApproval | Approved)
+    }
+
+    /// Whether a row waits for a signature made outside kinko's online signer (K14): the pipeline never
+    /// claims it, and only an import moves it to `signed`.
+    pub fn awaits_offline_signature(self) -> bool {
+        matches!(self, AwaitingOfflineSignature)
     }
 
     pub fn transition(self, next: WithdrawalStatus) -> Result<WithdrawalStatus, TransitionError> {
@@ -280,6 +295,7 @@ mod tests {
             let mut s = Requested;
             let mut seen_approved = false;
             let mut seen_signed = false;
+            let mut seen_offline = false;
             for p in picks {
                 let options: Vec<_> = WithdrawalStatus::ALL.into_iter().filter(|n| s.can_become(*n)).collect();
                 if options.is_empty() {
@@ -288,18 +304,40 @@ mod tests {
                 }
                 let next = options[p % options.len()];
                 proptest::prop_assert!(s.transition(next).is_ok());
-                if next == Signing {
+                if next == Signing || next == AwaitingOfflineSignature {
                     proptest::prop_assert!(seen_approved, "signing without approved");
                     proptest::prop_assert_eq!(s, Approved);
+                }
+                // K14: a signature comes from the online signer (`signing`), the offline one, or a fee bump of
+                // an already broadcast transaction; never straight from an unsigned, unreserved status.
+                if next == Signed {
+                    proptest::prop_assert!(matches!(s, Signing | AwaitingOfflineSignature | Broadcast), "{} → signed", s);
                 }
                 if seen_signed {
                     proptest::prop_assert!(!matches!(next, Failed | Cancelled), "released after signing");
                 }
+                if seen_offline && next == Signing {
+                    proptest::prop_assert!(false, "an offline row was handed to the online signer");
+                }
                 seen_approved |= next == Approved;
                 seen_signed |= next == Signed;
+                seen_offline |= next == AwaitingOfflineSignature;
                 s = next;
             }
         }
+    }
+
+    /// K14: a cold row's only ways out are an imported signature (`signed`) or an operator closing it; the
+    /// pipeline never works on it, and it is entered only from `approved`.
+    #[test]
+    fn k14_awaiting_offline_signature_is_entered_from_approved_and_left_by_import() {
+        let s = AwaitingOfflineSignature;
+        assert!(!s.is_pipeline_work() && !s.may_be_on_chain() && !s.is_terminal() && s.awaits_offline_signature());
+        let next: Vec<_> = WithdrawalStatus::ALL.into_iter().filter(|n| s.can_become(*n)).collect();
+        assert_eq!(next, [Signed, Failed, Cancelled]);
+        let into: Vec<_> = WithdrawalStatus::ALL.into_iter().filter(|n| n.can_become(s)).collect();
+        assert_eq!(into, [Approved]);
+        assert_eq!(s.as_str().parse::<WithdrawalStatus>().unwrap(), s);
     }
 
     #[test]

@@ -308,6 +308,7 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
     let xpub = Xpub::from_str(&custody.deposit_xpub).map_err(|e| AppError::Keys(format!("stored xpub: {e}")))?;
 
     let hot = store.key(HOT_KEY_ID).await?.ok_or(AppError::NotInitialised)?;
+    let tokens = crate::erc20::TokenSet::from_config(&config.ethereum).map_err(|e| AppError::Keys(e.to_string()))?;
     let signer: Arc<dyn Signer> = match config.signer.mode {
         SignerMode::Remote => Arc::new(RemoteSigner::new(&config.signer_socket())),
         SignerMode::Local => {
@@ -322,8 +323,26 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
             };
             let quorum = config.signer.signing_quorum().map_err(|e| AppError::Keys(e.to_string()))?;
             let local = unseal_in_process(&store, dev, policy, pkcs11.as_ref(), quorum).await?;
+            // K22: the in-process signer's token map comes from the configuration, as the signer process's does.
+            local.set_evm_policy(
+                config.ethereum.chain_id,
+                tokens.signer_policy().map_err(|e| AppError::Keys(e.to_string()))?,
+            )?;
             // K19: the in-process signer verifies unfreezes with the same M as the signer process would.
             local.set_unfreeze_approvals(config.emergency.unfreeze_approvals)?;
+            local.set_evacuation_approvals(config.emergency.evacuation_approvals)?;
+            // K13: sweeps to these sign without approvals; the signer process reads the same `[signer]` list.
+            local.set_cold_wallets(&config.signer.cold_wallets)?;
+            // K13: gas top-ups to deposit addresses sign without approval up to this cap.
+            if let Some(cap) = config.signer.deposit_top_up_cap_wei {
+                local.set_top_up_cap_wei(cap)?;
+            }
+            // K15: the Safes each key serves, as the signer process reads them from `[[signer.safes]]`.
+            for (key_id, chain_id, safe) in
+                config.signer.safes_on(config.ethereum.chain_id).map_err(|e| AppError::Keys(e.to_string()))?
+            {
+                local.add_safe(&key_id, chain_id, safe)?;
+            }
             Arc::new(local)
         }
     };
@@ -373,6 +392,7 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         confirmations: config.ethereum.confirmations,
         start_block: config.ethereum.start_block,
         poll_interval: std::time::Duration::from_millis(config.ethereum.poll_interval_ms),
+        tokens: tokens.clone(),
     };
     let watcher_audit = crate::audit::AuditSink::from_config(store.clone(), &config);
     tasks.push(tokio::spawn(watch_exclusively(
@@ -414,8 +434,29 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
             shutdown_rx.clone(),
         )));
     }
+    // K13, C1: deposit addresses are swept into the hot wallet through the pipeline's withdrawals rows.
+    if config.sweep.enabled {
+        let sweeper_settings = crate::sweeper::SweeperSettings {
+            chain: ETH_CHAIN.into(),
+            chain_id: config.ethereum.chain_id,
+            hot_wallet: hot.address.clone(),
+            hot_key_id: HOT_KEY_ID.into(),
+            max_fee_per_gas_cap_wei: config.ethereum.max_fee_per_gas_cap_wei,
+        };
+        let sweeper = crate::sweeper::Sweeper::new(
+            store.clone(),
+            read.clone(),
+            sweeper_settings,
+            config.sweep.clone(),
+            tokens.clone(),
+        );
+        tasks.push(tokio::spawn(sweeper.run(shutdown_rx.clone())));
+    }
     let audit = crate::audit::AuditSink::from_config(store.clone(), &config);
-    let pipeline = Pipeline::new(store.clone(), read, send, signer, settings).with_audit(audit.clone());
+    let pipeline = Pipeline::new(store.clone(), read, send, signer, settings)
+        .with_audit(audit.clone())
+        .with_tokens(tokens)
+        .with_tiers(crate::tiers::tiers_from_config(&config.wallet_tiers).map_err(|e| AppError::Keys(e.to_string()))?);
     tasks.push(tokio::spawn(crate::audit::run_reports(
         store.clone(),
         audit,

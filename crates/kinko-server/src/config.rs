@@ -71,6 +71,15 @@ pub struct Config {
     /// [`crate::api::onboarding::OnboardingConfig`]. `dev_auto_verify` is dev only.
     #[serde(default)]
     pub onboarding: crate::api::onboarding::OnboardingConfig,
+    /// `[[wallet_tiers]]`: per asset the hot wallet's cap, floor and target and its cold wallet (K13, K14,
+    /// C1); see [`crate::tiers::WalletTierConfig`]. Default: none (nothing is swept; the dev hot wallet holds
+    /// its 1000 ETH).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wallet_tiers: Vec<crate::tiers::WalletTierConfig>,
+    /// `[sweep]`: consolidating deposit addresses into the hot wallet (K13, C1); see
+    /// [`crate::sweeper::SweepConfig`]. Default: off.
+    #[serde(default)]
+    pub sweep: crate::sweeper::SweepConfig,
 }
 
 /// `[customer_auth]`: customer second factors (U2). The WebAuthn relying party is the site customers
@@ -137,6 +146,52 @@ pub struct SignerConfig {
     /// `eth-hot-1` signs ETH up to 10 ETH without approval and above that with one signing manager's.
     #[serde(default = "default_signer_quorum")]
     pub quorum: Vec<kinko_signer::approvals::SigningQuorumConfig>,
+    /// The custodian's cold wallets as the SIGNER knows them (K13): a custodian transfer to one of these signs
+    /// without operator approvals (the automatic sweep). Read by the signer from its own configuration; the
+    /// server's `[[wallet_tiers]]` cannot add to it. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold_wallets: Vec<String>,
+    /// The most one gas top-up (hot wallet → a deposit address it derives itself, ahead of a token sweep) may
+    /// pay without operator approval, in wei (K13). Default 10000000000000000 (0.01 ETH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deposit_top_up_cap_wei: Option<u128>,
+    /// `[[signer.safes]]`: the Safe multisig wallets (K15) a key serves on `ethereum.chain_id`, as one of its
+    /// owners or as the relayer that may submit their `execTransaction`. Read by the signer from its own
+    /// configuration. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub safes: Vec<SafeEntry>,
+}
+
+/// One `[[signer.safes]]` entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SafeEntry {
+    /// The signer's key that owns (or relays for) the Safe, e.g. `eth-hot-1`.
+    pub key_id: String,
+    /// The Safe proxy's address (`0x` + 40 hex).
+    pub address: String,
+}
+
+impl SignerConfig {
+    /// `[[signer.safes]]` as `(key id, chain id, address)`, validated; errors name the entry.
+    pub fn safes_on(&self, chain_id: u64) -> Result<Vec<(String, u64, alloy_primitives::Address)>, ConfigError> {
+        self.safes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.key_id.is_empty() || s.key_id.len() > 64 {
+                    return Err(ConfigError::Invalid {
+                        field: "signer.safes",
+                        reason: format!("signer.safes[{i}].key_id: must be 1 to 64 bytes"),
+                    });
+                }
+                let address = kinko_chain::evm::address::parse_address(&s.address).map_err(|e| {
+                    ConfigError::Invalid { field: "signer.safes", reason: format!("signer.safes[{i}].address: {e}") }
+                })?;
+                Ok((s.key_id.clone(), chain_id, address))
+            })
+            .collect()
+    }
 }
 
 impl Default for SignerConfig {
@@ -148,6 +203,9 @@ impl Default for SignerConfig {
             business_hours_utc: None,
             pkcs11: None,
             quorum: default_signer_quorum(),
+            cold_wallets: Vec::new(),
+            deposit_top_up_cap_wei: None,
+            safes: Vec::new(),
         }
     }
 }
@@ -259,6 +317,10 @@ pub struct EthereumConfig {
     /// `[ethereum.monitor]`: node-monitor thresholds; see [`crate::node_monitor::NodeMonitorConfig`].
     #[serde(default)]
     pub monitor: crate::node_monitor::NodeMonitorConfig,
+    /// `[[ethereum.tokens]]`: ERC-20 tokens on this chain (K22); see [`crate::erc20::TokenConfig`].
+    /// Default: none (ETH only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<crate::erc20::TokenConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -361,6 +423,7 @@ impl Config {
                 cross_check_rpc_urls: Vec::new(),
                 // anvil mines only on demand: no new block for minutes is normal there.
                 monitor: crate::node_monitor::NodeMonitorConfig { stall_after_ms: 0, ..Default::default() },
+                tokens: Vec::new(),
             },
             pipeline: PipelineConfig::default(),
             signer: SignerConfig { mode: SignerMode::Local, ..Default::default() },
@@ -385,6 +448,11 @@ impl Config {
                 dev_auto_verify: true,
                 ..crate::api::onboarding::OnboardingConfig::default()
             },
+            // Off by default: the dev hot wallet is funded with 1000 ETH and has no cold wallet; a cap would
+            // sweep it. Configure a cold wallet and a tier to turn sweeps on.
+            wallet_tiers: Vec::new(),
+            // Off in dev: it would move the deposits the walkthrough and tests check on the deposit addresses.
+            sweep: crate::sweeper::SweepConfig::default(),
         }
     }
 
@@ -457,6 +525,7 @@ impl Config {
             return invalid("pipeline.batch_max", "must be between 1 and 1000");
         }
         self.policy_set()?;
+        crate::erc20::TokenSet::from_config(&self.ethereum)?;
         crate::node_monitor::validate_config(&self.ethereum)?;
         self.signer.signing_quorum()?;
         self.notices.validate()?;
@@ -464,9 +533,19 @@ impl Config {
         self.address_book.validate()?;
         self.aml.validate()?;
         self.emergency.validate()?;
+        self.emergency.validate_for_production(self.dev)?;
         self.reconciliation.validate()?;
         self.withdrawal_confirmation.validate()?;
         self.onboarding.validate()?;
+        crate::tiers::tiers_from_config(&self.wallet_tiers)?;
+        self.sweep.validate()?;
+        for (i, a) in self.signer.cold_wallets.iter().enumerate() {
+            kinko_chain::evm::address::parse_address(a).map_err(|e| ConfigError::Invalid {
+                field: "signer.cold_wallets",
+                reason: format!("signer.cold_wallets[{i}]: {e}"),
+            })?;
+        }
+        self.signer.safes_on(self.ethereum.chain_id)?;
         if let Some(p) = &self.signer.pkcs11 {
             if p.token_label.is_empty() || p.token_label.len() > 32 {
                 return invalid("signer.pkcs11.token_label", "must be 1 to 32 bytes (a PKCS#11 token label)");
@@ -504,6 +583,32 @@ mod tests {
         match c.validate() {
             Err(e @ ConfigError::Invalid { field: "signer.quorum", .. }) => {
                 assert!(e.to_string().contains("signer.quorum[0].bands[1].approvals"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// K15: `[[signer.safes]]` parses from TOML and reaches the signer as (key, chain, address); a bad address
+    /// is refused at load, naming the entry.
+    #[test]
+    fn k15_signer_safes_parse_and_a_bad_address_names_the_entry() {
+        let mut c =
+            Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());
+        let text = format!(
+            "{}\n[[signer.safes]]\nkey_id = \"eth-hot-1\"\naddress = \"0x{}\"\n",
+            toml::to_string(&c).unwrap(),
+            "ab".repeat(20)
+        );
+        let back: Config = toml::from_str(&text).unwrap();
+        back.validate().unwrap();
+        let safes = back.signer.safes_on(back.ethereum.chain_id).unwrap();
+        assert_eq!(safes.len(), 1);
+        assert_eq!((safes[0].0.as_str(), safes[0].1), ("eth-hot-1", back.ethereum.chain_id));
+        assert_eq!(safes[0].2, alloy_primitives::Address::repeat_byte(0xab));
+        c.signer.safes = vec![SafeEntry { key_id: "eth-hot-1".into(), address: "0x1234".into() }];
+        match c.validate() {
+            Err(e @ ConfigError::Invalid { field: "signer.safes", .. }) => {
+                assert!(e.to_string().contains("signer.safes[0].address"), "{e}")
             }
             other => panic!("{other:?}"),
         }

@@ -26,16 +26,27 @@ pub struct EmergencyConfig {
     /// same setting and verifies the approvals itself.
     #[serde(default = "default_unfreeze_approvals")]
     pub unfreeze_approvals: u8,
+    /// Signing managers' approvals an evacuation needs (K19, S5; default 2, never below 2 outside dev mode).
+    /// The signer process reads the same setting and verifies the approvals itself.
+    #[serde(default = "default_evacuation_approvals")]
+    pub evacuation_approvals: u8,
 }
 
 impl Default for EmergencyConfig {
     fn default() -> Self {
-        EmergencyConfig { unfreeze_approvals: default_unfreeze_approvals() }
+        EmergencyConfig {
+            unfreeze_approvals: default_unfreeze_approvals(),
+            evacuation_approvals: default_evacuation_approvals(),
+        }
     }
 }
 
 fn default_unfreeze_approvals() -> u8 {
     kinko_signer::freeze::UNFREEZE_APPROVALS_DEFAULT
+}
+
+fn default_evacuation_approvals() -> u8 {
+    kinko_signer::evacuation::EVACUATION_APPROVALS_DEFAULT
 }
 
 impl EmergencyConfig {
@@ -46,6 +57,26 @@ impl EmergencyConfig {
             return Err(crate::config::ConfigError::Invalid {
                 field: "emergency.unfreeze_approvals",
                 reason: "must be between 1 and 32 (0 would let one person lift a freeze alone)".into(),
+            });
+        }
+        if self.evacuation_approvals == 0
+            || usize::from(self.evacuation_approvals) > kinko_core::operators::APPROVALS_PER_REQUEST_MAX
+        {
+            return Err(crate::config::ConfigError::Invalid {
+                field: "emergency.evacuation_approvals",
+                reason: "must be between 1 and 32".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Outside dev mode an evacuation needs at least two signing managers: it moves everything a wallet holds
+    /// while the wallet is frozen.
+    pub fn validate_for_production(&self, dev: bool) -> Result<(), crate::config::ConfigError> {
+        if !dev && self.evacuation_approvals < crate::evacuation::EVACUATION_APPROVALS_PRODUCTION_MIN {
+            return Err(crate::config::ConfigError::Invalid {
+                field: "emergency.evacuation_approvals",
+                reason: "must be at least 2 outside dev mode (one person must never evacuate a wallet alone)".into(),
             });
         }
         Ok(())
@@ -284,10 +315,17 @@ mod tests {
     #[test]
     fn k19_unfreeze_approvals_of_zero_refused_and_chain_alias() {
         assert!(EmergencyConfig::default().validate().is_ok());
-        let zero = EmergencyConfig { unfreeze_approvals: 0 };
+        let zero = EmergencyConfig { unfreeze_approvals: 0, ..Default::default() };
         let e = zero.validate().unwrap_err().to_string();
         assert!(e.contains("emergency.unfreeze_approvals"), "{e}");
-        assert!(EmergencyConfig { unfreeze_approvals: 33 }.validate().is_err());
+        assert!(EmergencyConfig { unfreeze_approvals: 33, ..Default::default() }.validate().is_err());
+        // K19: an evacuation needs 2 signing managers outside dev mode; dev may use 1; 0 never.
+        let one = EmergencyConfig { evacuation_approvals: 1, ..Default::default() };
+        assert!(one.validate().is_ok() && one.validate_for_production(true).is_ok());
+        let e = one.validate_for_production(false).unwrap_err().to_string();
+        assert!(e.contains("emergency.evacuation_approvals"), "{e}");
+        assert!(EmergencyConfig { evacuation_approvals: 0, ..Default::default() }.validate().is_err());
+        assert!(EmergencyConfig::default().validate_for_production(false).is_ok());
         assert_eq!(parse_scope("chain:ethereum").unwrap(), FreezeScope::Chain(ETH_CHAIN.into()));
         assert_eq!(parse_scope("chain:eth").unwrap(), FreezeScope::Chain(ETH_CHAIN.into()));
         let bad = crate::reconciliation::ReconciliationConfig { alert_recipient: "a b".into(), ..Default::default() };

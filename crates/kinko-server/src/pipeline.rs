@@ -91,6 +91,10 @@ pub struct Pipeline {
     /// Where signing, broadcast and settlement are recorded before they happen (L2, L6). Without one the
     /// pipeline does not sign (fail closed): set it with [`Pipeline::with_audit`].
     audit: Option<crate::audit::AuditSink>,
+    /// Configured ERC-20 tokens (K22); `None` = the chain's native coin only.
+    tokens: Option<crate::erc20::TokenSet>,
+    /// Wallet tiers (K13): checked every cycle before claiming work; empty = no sweeps or refills.
+    tiers: Vec<crate::tiers::Tier>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +106,35 @@ pub struct CycleReport {
 
 impl Pipeline {
     pub fn new(store: Store, read: EvmRpc, send: EvmRpc, signer: Arc<dyn Signer>, settings: PipelineSettings) -> Self {
-        Pipeline { store, read, send, signer, settings, audit: None }
+        Pipeline { store, read, send, signer, settings, audit: None, tokens: None, tiers: Vec::new() }
+    }
+
+    /// The configured ERC-20 tokens (K22): a withdrawal of one is a `transfer` call to its contract.
+    pub fn with_tokens(mut self, tokens: crate::erc20::TokenSet) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    fn token_set(&self) -> crate::erc20::TokenSet {
+        self.tokens.clone().unwrap_or_else(|| crate::erc20::TokenSet::native_only(self.settings.chain_id))
+    }
+
+    /// How `w`'s asset moves: `None` for the native coin, the token for a configured ERC-20; any other
+    /// asset is refused (nothing is reserved or signed for an asset this pipeline cannot build).
+    fn token_of(&self, w: &WithdrawalRow) -> Result<Option<crate::erc20::Token>, PipelineError> {
+        let tokens = self.token_set();
+        if w.asset == tokens.native {
+            return Ok(None);
+        }
+        tokens.by_asset(&w.asset).cloned().map(Some).ok_or_else(|| {
+            self.inconsistent(w, format!("asset {} is neither the native coin nor a configured token", w.asset))
+        })
+    }
+
+    /// The wallet tiers (`[[wallet_tiers]]`, K13): over a cap the same cycle sweeps to cold.
+    pub fn with_tiers(mut self, tiers: Vec<crate::tiers::Tier>) -> Self {
+        self.tiers = tiers;
+        self
     }
 
     /// The audit sink every signing, broadcast and settlement is recorded in first.
@@ -156,6 +188,14 @@ impl Pipeline {
         if crate::node_monitor::withdrawals_halted(&self.store, &s.chain, now_ms).await? {
             return Ok(CycleReport::default());
         }
+        // K13: a hot wallet over its cap gets an `approved` sweep row now, which the claim below takes, so it
+        // is signed and broadcast in this very cycle. A failed check must not hold up other withdrawals.
+        if !self.tiers.is_empty()
+            && let Err(e) =
+                crate::tiers::check(&self.store, &self.read, s, &self.tiers, self.audit.as_ref(), now_ms).await
+        {
+            tracing::warn!(error = %e, "wallet tier check failed; will retry");
+        }
         let claimed = self.store.claim_withdrawals(&s.instance_id, now_ms, s.lease_ms as i64, s.batch_max).await?;
         let mut report = CycleReport { claimed: claimed.len(), ..Default::default() };
         for w in claimed {
@@ -187,9 +227,11 @@ impl Pipeline {
                     &self.store,
                     &self.settings.chain,
                     &w.source_wallet,
-                    &self.settings.hot_key_id,
+                    &self.key_id_of(&w.source_wallet).await?,
                 )
                 .await?
+                // An evacuation's rows go on: the signer verifies their order itself (K19, S5).
+                && self.store.evacuation_request_of(&w.id).await?.is_none()
             {
                 self.store.defer_withdrawal(&w.id, Some(&why), now_ms() + RETRY_BACKOFF_MS).await?;
                 return Ok(steps);
@@ -215,23 +257,31 @@ impl Pipeline {
 
     /// approved → signing: reserve the nonce and fix the fee plan.
     async fn reserve(&self, w: &WithdrawalRow) -> Result<Step, PipelineError> {
+        // K14: a cold wallet's row is never signed here: its nonce and fees are reserved and it waits for the
+        // offline signature (`awaiting_offline_signature`).
+        if let Some(moved) = crate::tiers::reserve_offline(&self.store, &self.read, &self.settings, w, now_ms()).await?
+        {
+            return Ok(if moved { Step::Moved } else { Step::Wait });
+        }
         // Ask the signer about the approvals before a nonce is taken: a withdrawal it would refuse (a row
         // edited to "approved", a quorum the server under-counted) then waits in `approved` with the
         // signer's reason, instead of holding a nonce every later withdrawal would queue behind.
-        let intent = self.intent(w);
+        let intent = self.intent(w).await?;
         if hex::encode(intent.hash()) != w.intent_hash {
             return Err(self.inconsistent(w, "intent hash does not match the withdrawal's fields".into()));
         }
-        let check = self.sign_request(intent, 0, Vec::new(), self.approvals(&w.id).await?);
+        let check = self.sign_request(intent, 0, Vec::new(), self.approvals(&w.id).await?).await?;
         self.signer.check_approvals(&check).await?;
         let wallet = parse_address(&w.source_wallet).map_err(|e| self.inconsistent(w, format!("source wallet {e}")))?;
         let chain_nonce = self.read.nonce(wallet, kinko_chain::evm::rpc::NonceAt::Latest).await?;
         let fees = self.read.fee_estimate().await?;
-        let fees = cap(fees, self.settings.max_fee_per_gas_cap_wei);
+        let fees = cap(fees, self.fee_cap_wei(w).await?);
+        // A token transfer runs contract code: its configured gas limit, fixed here with the fee plan.
+        let gas_limit = self.token_of(w)?.map_or(kinko_chain::evm::NATIVE_TRANSFER_GAS, |t| t.gas_limit);
         let plan = FeePlan {
             max_fee_per_gas: fees.max_fee_per_gas,
             max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
-            gas_limit: kinko_chain::evm::NATIVE_TRANSFER_GAS,
+            gas_limit,
         };
         let reserved = self.store.reserve_nonce(&w.id, &w.source_wallet, chain_nonce, plan, now_ms()).await?;
         Ok(if reserved.is_some() { Step::Moved } else { Step::Wait })
@@ -248,23 +298,31 @@ impl Pipeline {
     async fn sign_version(&self, w: &WithdrawalRow, plan: FeePlan) -> Result<TxVersion, PipelineError> {
         let nonce = w.nonce.ok_or_else(|| self.inconsistent(w, "no nonce".into()))?;
         let to = parse_address(&w.destination).map_err(|e| self.inconsistent(w, format!("destination {e}")))?;
-        let unsigned = build::native_transfer(
-            self.settings.chain_id,
-            nonce,
-            to,
-            w.amount.base_units(),
-            FeeEstimate {
-                max_fee_per_gas: plan.max_fee_per_gas,
-                max_priority_fee_per_gas: plan.max_priority_fee_per_gas,
-            },
-            plan.gas_limit,
-        );
-        let intent = self.intent(w);
+        let fees = FeeEstimate {
+            max_fee_per_gas: plan.max_fee_per_gas,
+            max_priority_fee_per_gas: plan.max_priority_fee_per_gas,
+        };
+        let unsigned = match self.token_of(w)? {
+            None => {
+                build::native_transfer(self.settings.chain_id, nonce, to, w.amount.base_units(), fees, plan.gas_limit)
+            }
+            // K22: `transfer(destination, amount)` to the token contract, no native value.
+            Some(token) => kinko_chain::evm::erc20::token_transfer(
+                self.settings.chain_id,
+                nonce,
+                token.contract,
+                to,
+                w.amount.base_units(),
+                fees,
+                plan.gas_limit,
+            ),
+        };
+        let intent = self.intent(w).await?;
         if hex::encode(intent.hash()) != w.intent_hash {
             // The row was edited after the intent was fixed: refuse rather than sign something else.
             return Err(self.inconsistent(w, "intent hash does not match the withdrawal's fields".into()));
         }
-        let request = self.sign_request(intent, nonce, unsigned.payload.clone(), self.approvals(&w.id).await?);
+        let request = self.sign_request(intent, nonce, unsigned.payload.clone(), self.approvals(&w.id).await?).await?;
         // The digest is the payload's sha256, the same the key access log records for the signature (L2).
         self.audit("system.sign", w, kinko_core::audit::Record::digest(&unsigned.payload)).await?;
         let signature = self.signer.sign_evm(&request).await?;
@@ -308,7 +366,8 @@ impl Pipeline {
             };
             if !receipt.success {
                 // A plain ETH transfer to an address cannot revert unless the destination is a contract
-                // that rejects it. The fee is paid and the value is not: this needs an operator.
+                // that rejects it; a token transfer reverts when the token refuses it (paused, blocklist,
+                // short hot balance). The fee is paid and the value is not: this needs an operator.
                 return Err(self.inconsistent(w, format!("transaction {} reverted on chain", v.tx_hash)));
             }
             let fee = Amount::from_base_units(u128::from(receipt.gas_used) * receipt.effective_gas_price);
@@ -342,12 +401,18 @@ impl Pipeline {
 
     /// A stuck transaction: sign a replacement with the same nonce and higher fees (C4).
     async fn bump(&self, w: &WithdrawalRow, newest: &TxVersion) -> Result<Step, PipelineError> {
+        // K14: only the offline signer can replace a cold wallet's transaction; it is re-sent, never re-signed.
+        if crate::tiers::is_cold_wallet(&self.store, &self.settings.hot_wallet, &w.source_wallet).await? {
+            let why = "stuck: a cold wallet's transaction needs a new offline signature to bump its fee";
+            self.store.defer_withdrawal(&w.id, Some(why), now_ms() + RETRY_BACKOFF_MS).await?;
+            return Ok(Step::Wait);
+        }
         let current = self.read.fee_estimate().await?;
         let previous = FeeEstimate {
             max_fee_per_gas: newest.fees.max_fee_per_gas,
             max_priority_fee_per_gas: newest.fees.max_priority_fee_per_gas,
         };
-        let Some(next) = build::bump_fees(previous, current, self.settings.max_fee_per_gas_cap_wei) else {
+        let Some(next) = build::bump_fees(previous, current, self.fee_cap_wei(w).await?) else {
             tracing::warn!(withdrawal = %w.id, "stuck, and a fee bump would exceed the configured cap; waiting");
             self.store.defer_withdrawal(&w.id, Some("stuck: fee cap reached"), now_ms() + RETRY_BACKOFF_MS).await?;
             return Ok(Step::Wait);
@@ -380,7 +445,9 @@ impl Pipeline {
         let depth = confirmations(tip, block);
         if depth >= self.settings.confirmations {
             self.audit("system.settle", w, kinko_core::audit::Record::digest(expected.as_bytes())).await?;
-            let moved = self.store.settle_withdrawal(w, depth, now_ms()).await?;
+            // The fee was paid in the chain's native coin, whatever asset moved (K22).
+            let native = self.token_set().native;
+            let moved = self.store.settle_withdrawal_fee_in(w, &native, depth, now_ms()).await?;
             return Ok(if moved { Step::Moved } else { Step::Wait });
         }
         if depth != w.confirmations {
@@ -402,9 +469,31 @@ impl Pipeline {
             .collect())
     }
 
-    fn sign_request(&self, intent: Intent, nonce: u64, payload: Vec<u8>, approvals: Vec<Approval>) -> EvmSignRequest {
-        EvmSignRequest {
-            key_id: self.settings.hot_key_id.clone(),
+    /// The signing key of a custodian wallet (`wallets.key_id`): the hot key, or a deposit address's key for a
+    /// deposit sweep (K13, [`crate::sweeper`]). A wallet without a row signs with the hot key, as before.
+    async fn key_id_of(&self, wallet: &str) -> Result<String, PipelineError> {
+        Ok(self.store.wallet_key_id(wallet).await?.unwrap_or_else(|| self.settings.hot_key_id.clone()))
+    }
+
+    /// The most this row may bid per gas: the configured cap, and for a deposit sweep the lower ceiling its
+    /// amount was computed with (balance − gas × that ceiling), so no version of it, bumps included, can cost
+    /// more than the deposit address holds beyond the amount (K13).
+    async fn fee_cap_wei(&self, w: &WithdrawalRow) -> Result<u128, PipelineError> {
+        let cap = self.settings.max_fee_per_gas_cap_wei;
+        Ok(self.store.sweep_intent(&w.id).await?.map_or(cap, |s| s.max_fee_per_gas.min(cap)))
+    }
+
+    async fn sign_request(
+        &self,
+        intent: Intent,
+        nonce: u64,
+        payload: Vec<u8>,
+        approvals: Vec<Approval>,
+    ) -> Result<EvmSignRequest, PipelineError> {
+        // K19, S5: an evacuation's rows carry its approved order; the signer ignores it unless frozen.
+        let evacuation = crate::evacuation::order_for_withdrawal(&self.store, &intent.id).await?;
+        Ok(EvmSignRequest {
+            key_id: self.key_id_of(&intent.source_wallet).await?,
             chain_id: self.settings.chain_id,
             nonce,
             payload,
@@ -412,11 +501,17 @@ impl Pipeline {
             approvals,
             actor: format!("pipeline:{}", self.settings.instance_id),
             terminal: self.settings.instance_id.clone(),
-        }
+            evacuation,
+        })
     }
 
-    fn intent(&self, w: &WithdrawalRow) -> Intent {
-        Intent {
+    async fn intent(&self, w: &WithdrawalRow) -> Result<Intent, PipelineError> {
+        // A deposit sweep or gas top-up carries its own reason (K13): the one its intent hash was made with.
+        let reason = match self.store.sweep_intent(&w.id).await? {
+            Some(sweep) => sweep.intent_reason,
+            None => w.kind.intent_reason().into(),
+        };
+        Ok(Intent {
             id: w.id.clone(),
             asset: w.asset.clone(),
             chain_id: ChainId(self.settings.chain_id),
@@ -425,8 +520,8 @@ impl Pipeline {
             source_wallet: w.source_wallet.clone(),
             customer_id: w.customer_id.clone(),
             // Fixed per kind: a custodian transfer's intent is the one its ops request's approvers signed.
-            reason: w.kind.intent_reason().into(),
-        }
+            reason,
+        })
     }
 
     fn inconsistent(&self, w: &WithdrawalRow, reason: String) -> PipelineError {

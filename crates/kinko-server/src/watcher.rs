@@ -4,14 +4,18 @@
 //! block by block — dropping pending deposits and reversing credited ones — until it is back on the
 //! node's chain. A re-org deeper than the window halts the watcher (fails closed).
 //!
+//! ERC-20 deposits (K22) are the `Transfer` logs of configured token contracts to watched addresses, read
+//! per recorded block by its hash; they go through the same pending → credited → dropped/reversed path.
+//!
 //! Only addresses in `deposit_addresses` are watched: transfers to or from the custodian's own hot
 //! wallet are not customer deposits and are never matched.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use alloy_primitives::Address;
 use kinko_chain::evm::address::to_lower_hex;
+use kinko_chain::evm::erc20::TokenTransfer;
 use kinko_chain::evm::rpc::{EvmBlock, EvmRpc, NativeTransfer, RpcError};
 use kinko_core::reorg::{Accept, BlockWindow, ReorgTooDeep};
 use kinko_core::{Amount, AssetCode};
@@ -67,6 +71,8 @@ pub struct WatcherConfig {
     /// First block to scan when nothing is stored yet; `None` = the node's tip at first start.
     pub start_block: Option<u64>,
     pub poll_interval: Duration,
+    /// ERC-20 tokens whose `Transfer` logs to watched addresses are deposits too (K22).
+    pub tokens: crate::erc20::TokenSet,
 }
 
 /// The native-value transfers in a block that pay a watched address.
@@ -156,6 +162,73 @@ pub async fn scan_with(
     watched: &WatchedSet,
     now_ms: i64,
 ) -> Result<ScanReport, WatcherError> {
+    scan_with_tokens(store, rpc, chain, asset, confirmations, start_block, watched, &[], now_ms).await
+}
+
+/// [`scan_once`] that also detects ERC-20 deposits of `tokens` (K22).
+#[allow(clippy::too_many_arguments)]
+pub async fn scan_once_with_tokens(
+    store: &Store,
+    rpc: &EvmRpc,
+    chain: &str,
+    asset: &AssetCode,
+    confirmations: u64,
+    start_block: Option<u64>,
+    tokens: &crate::erc20::TokenSet,
+    now_ms: i64,
+) -> Result<ScanReport, WatcherError> {
+    let mut watched = WatchedSet::default();
+    watched.refresh(store, chain).await?;
+    let tokens = tokens.tokens().iter().map(|t| (t.contract, t.code.clone())).collect::<Vec<_>>();
+    scan_with_tokens(store, rpc, chain, asset, confirmations, start_block, &watched, &tokens, now_ms).await
+}
+
+/// The ERC-20 `Transfer` logs in a block that pay a watched address, as deposits of the token's asset
+/// (K22). Zero-value transfers are skipped: they move nothing, and "address poisoning" spam sends them
+/// to make a look-alike address appear in a customer's history. A value above u128 cannot be an amount
+/// kinko books; it is logged loudly and not credited.
+pub fn match_token_transfers(
+    logs: &[TokenTransfer],
+    tokens: &[(Address, AssetCode)],
+    watched: &HashSet<Address>,
+) -> Vec<DetectedTransfer> {
+    let mut out = Vec::new();
+    for log in logs {
+        let Some((_, code)) = tokens.iter().find(|(c, _)| *c == log.contract) else { continue };
+        if !watched.contains(&log.to) || log.value.is_zero() {
+            continue;
+        }
+        let Ok(value) = u128::try_from(log.value) else {
+            tracing::error!(tx = %hex::encode(log.tx_hash), asset = %code, value = %log.value,
+                "token transfer value exceeds u128; not credited, operator review needed");
+            continue;
+        };
+        out.push(DetectedTransfer {
+            address: to_lower_hex(&log.to),
+            tx_hash: log.tx_hash,
+            log_index: log.log_index,
+            amount: Amount::from_base_units(value),
+            asset: Some(code.clone()),
+        });
+    }
+    out
+}
+
+/// [`scan_with`] that also reads the `Transfer` logs of `tokens` (contract, asset) in every block it
+/// records, by the block's hash, so the logs are those of exactly the block checked against the window.
+#[allow(clippy::too_many_arguments)]
+pub async fn scan_with_tokens(
+    store: &Store,
+    rpc: &EvmRpc,
+    chain: &str,
+    asset: &AssetCode,
+    confirmations: u64,
+    start_block: Option<u64>,
+    watched: &WatchedSet,
+    tokens: &[(Address, AssetCode)],
+    now_ms: i64,
+) -> Result<ScanReport, WatcherError> {
+    let contracts: BTreeSet<Address> = tokens.iter().map(|(c, _)| *c).collect();
     let mut report = ScanReport { node_tip: rpc.block_number().await?, ..ScanReport::default() };
     let stored = store.chain_window(chain).await?;
     let mut window = BlockWindow::from_hashes(stored.iter().map(|h| (h.number, h.hash)));
@@ -182,15 +255,22 @@ pub async fn scan_with(
         let Some(block) = rpc.block(next).await? else { break };
         match window.accept(&block.header) {
             Accept::Extended => {
-                let detected: Vec<DetectedTransfer> = match_transfers(&block, watched.addresses())
+                let mut detected: Vec<DetectedTransfer> = match_transfers(&block, watched.addresses())
                     .into_iter()
                     .map(|t| DetectedTransfer {
                         address: to_lower_hex(&t.to),
                         tx_hash: t.tx_hash,
                         log_index: 0,
                         amount: Amount::from_base_units(t.value_wei),
+                        asset: None,
                     })
                     .collect();
+                if !contracts.is_empty() {
+                    // A malformed log is an error for the whole block: nothing of it is recorded, the scan
+                    // is retried next cycle, and the error is logged (K22: never a panic, never a guess).
+                    let logs = rpc.token_transfers(block.header.hash, &contracts).await?;
+                    detected.extend(match_token_transfers(&logs, tokens, watched.addresses()));
+                }
                 let recorded =
                     store.record_block(chain, asset, &block.header, &detected, confirmations, now_ms).await?;
                 if !recorded.detected.is_empty() {
@@ -270,7 +350,9 @@ impl DepositWatcher {
     pub async fn scan(&mut self, store: &Store, rpc: &EvmRpc, now_ms: i64) -> Result<ScanReport, WatcherError> {
         self.watched.refresh(store, &self.cfg.chain).await?;
         let c = &self.cfg;
-        scan_with(store, rpc, &c.chain, &c.asset, c.confirmations, c.start_block, &self.watched, now_ms).await
+        let tokens = c.tokens.tokens().iter().map(|t| (t.contract, t.code.clone())).collect::<Vec<_>>();
+        scan_with_tokens(store, rpc, &c.chain, &c.asset, c.confirmations, c.start_block, &self.watched, &tokens, now_ms)
+            .await
     }
 }
 

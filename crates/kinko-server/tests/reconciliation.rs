@@ -224,6 +224,7 @@ impl World {
             approvals: vec![],
             actor: "compromised-server".into(),
             terminal: "test".into(),
+            evacuation: None,
         }
     }
 }

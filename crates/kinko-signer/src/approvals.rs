@@ -98,8 +98,9 @@ pub struct RegisteredOperator {
     pub approval_key: VerifyingKey,
 }
 
-/// One applied entry of the registry log, as the signer stores it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One applied entry of the registry log, as the signer stores it (and as offline bundles carry it, K14).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoggedChange {
     pub change: RegistryChange,
     pub approvals: Vec<Approval>,

@@ -65,6 +65,8 @@ pub struct SignerFreezes {
     journal: Arc<dyn SignerJournal>,
     state: RwLock<State>,
     unfreeze_approvals: std::sync::atomic::AtomicU8,
+    /// Approvals an evacuation order needs (`[emergency] evacuation_approvals`, see `crate::evacuation`).
+    evacuation_approvals: std::sync::atomic::AtomicU8,
     /// One change at a time, so a lift and a freeze of the same id cannot interleave.
     change_lock: tokio::sync::Mutex<()>,
 }
@@ -120,6 +122,7 @@ impl SignerFreezes {
             journal,
             state: RwLock::new(State::default()),
             unfreeze_approvals: std::sync::atomic::AtomicU8::new(UNFREEZE_APPROVALS_DEFAULT),
+            evacuation_approvals: std::sync::atomic::AtomicU8::new(crate::evacuation::EVACUATION_APPROVALS_DEFAULT),
             change_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -172,6 +175,20 @@ impl SignerFreezes {
 
     pub fn unfreeze_approvals(&self) -> u8 {
         self.unfreeze_approvals.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many signing managers' approvals an evacuation order needs (at least 1; the server's configuration
+    /// refuses below 2 outside dev mode).
+    pub fn set_evacuation_approvals(&self, m: u8) -> Result<(), SignerError> {
+        if m == 0 {
+            return Err(SignerError::Refused("evacuation_approvals must be at least 1".into()));
+        }
+        self.evacuation_approvals.store(m, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn evacuation_approvals(&self) -> u8 {
+        self.evacuation_approvals.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn active(&self) -> Result<Vec<Freeze>, SignerError> {

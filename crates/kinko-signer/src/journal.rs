@@ -83,12 +83,14 @@ pub trait SignerJournal: Send + Sync {
     /// an existing entry is never overwritten.
     fn append_registry<'a>(&'a self, entry: &'a LoggedChange) -> BoxFuture<'a, Result<(), JournalError>>;
 
+    #[cfg(feature = "online")]
     /// The signer's freeze log (K19, S5), in order. A journal that keeps none fails closed: the signer does
     /// not start on it.
     fn freeze_log(&self) -> BoxFuture<'_, Result<Vec<crate::freeze::FreezeLogEntry>, JournalError>> {
         Box::pin(async { Err(JournalError::Unavailable("this journal keeps no freeze log".into())) })
     }
 
+    #[cfg(feature = "online")]
     /// Durably appends one freeze or lift.
     fn append_freeze<'a>(
         &'a self,

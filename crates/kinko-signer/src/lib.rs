@@ -14,23 +14,38 @@
 
 pub mod approvals;
 pub mod backend;
+#[cfg(feature = "online")]
 pub mod ed25519;
+pub mod evacuation;
 pub mod evm;
+#[cfg(feature = "online")]
 pub mod freeze;
 pub mod journal;
+#[cfg(feature = "online")]
 pub mod local;
+#[cfg(feature = "online")]
 pub mod pkcs11;
+#[cfg(feature = "online")]
 pub mod remote;
+pub mod safe;
+#[cfg(feature = "online")]
 pub mod seal;
+#[cfg(feature = "online")]
 pub mod server;
+#[cfg(feature = "online")]
 pub mod store_journal;
+#[cfg(feature = "online")]
+pub mod sweep;
+#[cfg(feature = "online")]
 pub mod testing;
 
 use serde::{Deserialize, Serialize};
 
 pub use backend::{SecpKey, SoftwareKey};
 pub use journal::{JournalError, KeyAccessEntry, SignerJournal, SlotEntry, SlotKey};
+#[cfg(feature = "online")]
 pub use local::LocalSigner;
+#[cfg(feature = "online")]
 pub use store_journal::StoreJournal;
 
 /// `(seq, hash)` of the last change of an operator registry log; `None` before genesis.
@@ -70,6 +85,10 @@ pub struct EvmSignRequest {
     pub actor: String,
     /// From where (host, process); goes into the key access log.
     pub terminal: String,
+    /// An approved evacuation (K19, S5): the one thing that lets a frozen key sign, after the signer verified
+    /// it itself ([`evacuation`]). Ignored when no freeze covers the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuation: Option<evacuation::EvacuationOrder>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +113,21 @@ pub enum SignerError {
     Internal(String),
 }
 
+#[cfg(feature = "online")]
 pub trait Signer: Send + Sync {
     /// Returns r(32)||s(32)||y_parity(1), low-S, verified with an independent library before returning.
     fn sign_evm<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>>;
+
+    /// One Safe owner's signature on a Safe transaction (K15): r(32)||s(32)||v(1) with v = 27/28, Safe's
+    /// packed form. The signer computes the EIP-712 hash itself from the fields and refuses delegatecall,
+    /// self-calls and control calls, refund payments, Safes it has not configured for the key, and anything
+    /// that differs from the intent ([`safe::check_safe_tx`]); approvals, anti-double-sign record
+    /// (`safe:<address>:<nonce>`) and key access log as for [`Signer::sign_evm`]. Signers that do not hold
+    /// Safe owner keys refuse.
+    fn sign_safe_tx<'a>(&'a self, req: &'a safe::SafeSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
+        let _ = req;
+        Box::pin(async { Err(SignerError::Refused("this signer does not sign Safe transactions".into())) })
+    }
 
     /// Verifies every signature on a registry change against the signer's own registry, applies the
     /// registry rules, makes the change durable in the signer's own log and only then takes it into memory.

@@ -170,8 +170,18 @@ pub struct LocalSigner {
     /// Consulted before every signature when set (K2, K3): only an active key within its routine
     /// policy signs. Unset for signers whose keys have no lifecycle record (unit tests).
     key_gate: std::sync::OnceLock<Arc<dyn kinko_core::key_lifecycle::KeyGate>>,
+    /// Deposit keys and gas top-ups (K13, [`crate::sweep`]): the deposit account key, set at unseal, dropped
+    /// (zeroized) at seal. `None`: deposit keys are unknown and top-ups need approvals like anything else.
+    deposit: RwLock<Option<crate::sweep::DepositSigning>>,
+    /// (owner key id, chain id) → the Safes that key is an owner of, from the signer's own configuration
+    /// (K15): a Safe owner signature is only given for one of these.
+    safes: RwLock<HashMap<(String, u64), Vec<alloy_primitives::Address>>>,
     /// Emergency freezes (K19, S5), checked before every signature; shared across seal and unseal.
     freezes: RwLock<Arc<crate::freeze::SignerFreezes>>,
+    /// The custodian's own cold wallets (K13), from the signer's OWN configuration (`[signer] cold_wallets`,
+    /// lower-case 0x-hex): a custodian transfer to one of these needs no operator approval, whatever its
+    /// amount, because the money stays the custodian's. A compromised server cannot add an address here.
+    cold_wallets: RwLock<std::collections::HashSet<String>>,
 }
 
 /// Key ids and addresses only; never key material.
@@ -214,7 +224,121 @@ impl LocalSigner {
             policies: RwLock::new(HashMap::new()),
             secp: Secp256k1::verification_only(),
             key_gate: std::sync::OnceLock::new(),
+            deposit: RwLock::new(None),
+            safes: RwLock::new(HashMap::new()),
+            cold_wallets: RwLock::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Sets the custodian's cold wallets (`[signer] cold_wallets`, K13): automatic sweeps hot → cold to one
+    /// of them sign without approvals. Addresses are compared lower-case.
+    pub fn set_cold_wallets(&self, addresses: &[String]) -> Result<(), SignerError> {
+        *self.cold_wallets.write().map_err(|_| poisoned())? =
+            addresses.iter().map(|a| a.to_ascii_lowercase()).collect();
+        Ok(())
+    }
+
+    /// Whether `req` is a custodian transfer to one of the signer's own cold wallets (K13): the intent is the
+    /// custodian's (reserved customer row and fixed reason) and its destination is in the signer's list. The
+    /// payload's destination is checked against the intent before this counts (`check_against_intent`).
+    fn is_sweep_to_own_cold_wallet(&self, req: &EvmSignRequest) -> Result<bool, SignerError> {
+        let cold = self.cold_wallets.read().map_err(|_| poisoned())?;
+        Ok(req.intent.customer_id == kinko_core::withdrawal::CUSTODIAN_CUSTOMER_ID
+            && req.intent.reason == kinko_core::withdrawal::CUSTODIAN_TRANSFER_REASON
+            && cold.contains(&req.intent.destination.to_ascii_lowercase()))
+    }
+
+    /// Lets this signer sign for deposit addresses (keys derived on demand from the deposit account, paying
+    /// only the address of its hot key) and gas top-ups up to a cap ([`crate::sweep`], K13).
+    pub fn set_deposit_signing(&self, signing: crate::sweep::DepositSigning) -> Result<(), SignerError> {
+        if self.is_sealed() {
+            return Err(SignerError::Sealed);
+        }
+        *self.deposit.write().map_err(|_| poisoned())? = Some(signing);
+        Ok(())
+    }
+
+    /// The most one gas top-up may pay without approval (`[signer] deposit_top_up_cap_wei`).
+    pub fn set_top_up_cap_wei(&self, cap_wei: u128) -> Result<(), SignerError> {
+        if let Some(d) = self.deposit.write().map_err(|_| poisoned())?.as_mut() {
+            d.top_up_cap_wei = cap_wei;
+        }
+        Ok(())
+    }
+
+    /// For a deposit key: `Some(Ok(()))` when the request is a sweep it may sign without approval, `Some(Err)`
+    /// naming why not; for a gas top-up by the hot key: `Some(Ok(()))` when the top-up rule holds; `None` when
+    /// neither applies and the ordinary approval rules decide. `tx` is `None` for the approval pre-check, which
+    /// judges the intent alone.
+    fn automatic_rule(
+        &self,
+        req: &EvmSignRequest,
+        tx: Option<&alloy_consensus::TxEip1559>,
+    ) -> Option<Result<(), SignerError>> {
+        let policy = match self.policy(req.chain_id) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let Ok(deposit) = self.deposit.read() else { return Some(Err(poisoned())) };
+        if crate::sweep::parse_deposit_key_id(&req.key_id).is_some() {
+            let Some(d) = deposit.as_ref() else {
+                return Some(Err(SignerError::Refused(format!(
+                    "key {:?} is a deposit key, but this signer holds no deposit account (no master seed at unseal)",
+                    req.key_id
+                ))));
+            };
+            let Some(hot) = self.address(&d.hot_key_id) else {
+                return Some(Err(SignerError::Refused(format!(
+                    "deposit keys pay only the hot wallet, and the hot key {:?} is not loaded",
+                    d.hot_key_id
+                ))));
+            };
+            return Some(match tx {
+                Some(tx) => crate::sweep::check_deposit_sweep(tx, &req.key_id, &req.intent, &hot, &policy),
+                None if req.intent.reason != crate::sweep::DEPOSIT_SWEEP_REASON
+                    || !req.intent.destination.eq_ignore_ascii_case(&hot) =>
+                {
+                    Err(SignerError::Refused(format!(
+                        "deposit key {:?} signs only a {:?} into the signer's own hot wallet {hot}",
+                        req.key_id,
+                        crate::sweep::DEPOSIT_SWEEP_REASON
+                    )))
+                }
+                None => Ok(()),
+            });
+        }
+        let d = deposit.as_ref()?;
+        if req.key_id != d.hot_key_id {
+            return None;
+        }
+        match crate::sweep::check_gas_top_up(&req.intent, &policy, d.top_up_cap_wei, |i| d.account.address(i)) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Derives deposit key `key_id` into the key ring when it is one and is not there yet; it is zeroized at
+    /// seal with every other key.
+    fn derive_deposit_key(&self, key_id: &str) -> Result<(), SignerError> {
+        let Some(index) = crate::sweep::parse_deposit_key_id(key_id) else { return Ok(()) };
+        if self.is_sealed() {
+            return Err(SignerError::Sealed);
+        }
+        if self.address(key_id).is_some() {
+            return Ok(());
+        }
+        let secret = {
+            let deposit = self.deposit.read().map_err(|_| poisoned())?;
+            let Some(d) = deposit.as_ref() else {
+                return Err(SignerError::Refused(format!(
+                    "key {key_id:?} is a deposit key, but this signer holds no deposit account (no master seed at unseal)"
+                )));
+            };
+            d.account.secret(index)?
+        };
+        self.add_secp256k1_key(key_id, secret)?;
+        Ok(())
     }
 
     /// Installs the key-state gate (e.g. `kinko_store::key_lifecycle::StoreKeyGate`). Once only: a gate
@@ -237,6 +361,7 @@ impl LocalSigner {
         let snapshot = registry.with(|r| r.clone())?;
         let freezes =
             crate::freeze::SignerFreezes::load(self.journal.clone(), &snapshot, self.unfreeze_approvals()).await?;
+        freezes.set_evacuation_approvals(self.evacuation_approvals())?;
         self.set_freezes(Arc::new(freezes))?;
         self.set_registry(Arc::new(registry))
     }
@@ -278,6 +403,11 @@ impl LocalSigner {
             SignerError::Refused("no signing quorum is configured ([[signer.quorum]]): the signer signs nothing".into())
         })?;
         let policy = quorum.policy_for(&req.key_id, req.intent.asset.as_str(), req.intent.amount).map_err(refused)?;
+        // K13: the hot wallet's automatic sweep to the custodian's own cold wallet needs no operator (the key
+        // and asset still need a quorum entry above, so an unconfigured key signs nothing).
+        if self.is_sweep_to_own_cold_wallet(req)? {
+            return Ok(Vec::new());
+        }
         let subject = ApprovalSubject::new(Process::Signing, &req.intent.id, req.intent.hash())
             .map_err(|e| SignerError::Refused(format!("approval subject: {e}")))?;
         let verified = self
@@ -379,6 +509,11 @@ impl LocalSigner {
         ring.sealed = true;
         ring.keys.clear();
         ring.ed25519.clear();
+        drop(ring);
+        match self.deposit.write() {
+            Ok(mut d) => *d = None,
+            Err(p) => *p.into_inner() = None,
+        }
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -434,18 +569,34 @@ impl LocalSigner {
     }
 
     async fn sign_evm_inner(&self, req: &EvmSignRequest) -> Result<[u8; 65], SignerError> {
+        self.derive_deposit_key(&req.key_id)?;
         let key_address = self.key_address(&req.key_id)?;
-        // K19, S5: a frozen scope signs nothing, whatever the request says about approvals.
-        self.freezes()?.check(crate::freeze::EVM_CHAIN, &key_address, &req.key_id)?;
+        // K19, S5: a frozen scope signs nothing, whatever the request says about approvals — except an
+        // evacuation the signer verifies itself below (`crate::evacuation`).
+        let evacuation = self.frozen_unless_evacuation(req, &key_address)?;
         if let Some(gate) = self.key_gate.get() {
             gate.may_sign(&req.key_id, now_ms()).await.map_err(SignerError::Refused)?;
         }
         let tx = evm::decode_eip1559(&req.payload)?;
         let policy = self.policy(req.chain_id)?;
-        evm::check_against_intent(&tx, req.chain_id, req.nonce, &req.intent, &key_address, &policy)?;
+        // K13: a deposit key's own rule first, so what it refuses is named as the sweep rule's refusal.
+        let automatic = self.automatic_rule(req, Some(&tx)).transpose()?.is_some();
+        // K15: `execTransaction` to a Safe configured for this key is a relay of owner-signed Safe
+        // transactions, checked as the owners check it; everything else is a plain transfer.
+        let safes = self.safes_of(&req.key_id, req.chain_id)?;
+        match crate::safe::relayed_safe(&tx, &safes) {
+            Some(safe) => crate::safe::check_relay(&tx, req, safe, &safes, &policy)?,
+            None => evm::check_against_intent(&tx, req.chain_id, req.nonce, &req.intent, &key_address, &policy)?,
+        }
         // The signer's own quorum, over its own registry: what the server says about approvals counts for
         // nothing here (a compromised server can mark an intent approved, it cannot forge the signatures).
-        let approvers = self.verify_approvals(req, now_ms())?;
+        // Deposit sweeps and capped gas top-ups move money only between the custodian's own addresses, by rules
+        // the signer checked itself just above: they need no approval (K13).
+        let approvers = match evacuation {
+            Some(order) => self.verify_evacuation(order, &req.intent, &key_address, Some(&tx))?,
+            None if automatic => Vec::new(),
+            None => self.verify_approvals(req, now_ms())?,
+        };
 
         let slot = SlotKey::evm(&req.key_id, req.chain_id, req.nonce);
         let payload_sha256: [u8; 32] = Sha256::digest(&req.payload).into();
@@ -498,6 +649,100 @@ impl LocalSigner {
     }
 }
 
+impl LocalSigner {
+    /// Registers `safe` as a Safe that `key_id` serves on `chain_id` (the signer's own configuration, K15): as
+    /// one of its owners (`sign_safe_tx`), or as the relayer whose `sign_evm` may submit its `execTransaction`
+    /// (see [`crate::safe::check_relay`]). At most [`crate::safe::SAFES_PER_KEY_MAX`] per key and chain.
+    pub fn add_safe(&self, key_id: &str, chain_id: u64, safe: alloy_primitives::Address) -> Result<(), SignerError> {
+        let mut safes = self.safes.write().map_err(|_| poisoned())?;
+        let list = safes.entry((key_id.to_string(), chain_id)).or_default();
+        if !list.contains(&safe) {
+            if list.len() >= crate::safe::SAFES_PER_KEY_MAX {
+                return Err(SignerError::Refused(format!(
+                    "key {key_id:?} already has {} Safes on chain {chain_id}",
+                    crate::safe::SAFES_PER_KEY_MAX
+                )));
+            }
+            list.push(safe);
+        }
+        Ok(())
+    }
+
+    /// The Safes configured for `key_id` on `chain_id` (see [`Self::add_safe`]).
+    fn safes_of(&self, key_id: &str, chain_id: u64) -> Result<Vec<alloy_primitives::Address>, SignerError> {
+        let safes = self.safes.read().map_err(|_| poisoned())?;
+        Ok(safes.get(&(key_id.to_string(), chain_id)).cloned().unwrap_or_default())
+    }
+
+    /// See [`Signer::sign_safe_tx`]: the same gates, approvals, journal and verification as `sign_evm`,
+    /// around [`crate::safe::check_safe_tx`].
+    async fn sign_safe_inner(&self, req: &crate::safe::SafeSignRequest) -> Result<[u8; 65], SignerError> {
+        let key_address = self.key_address(&req.key_id)?;
+        let safe_hex = format!("{:#x}", req.safe_address);
+        // K19: a freeze of the owner key's address or of the Safe stops the owner signature.
+        let freezes = self.freezes()?;
+        freezes.check(crate::freeze::EVM_CHAIN, &key_address, &req.key_id)?;
+        freezes.check(crate::freeze::EVM_CHAIN, &safe_hex, &req.key_id)?;
+        if let Some(gate) = self.key_gate.get() {
+            gate.may_sign(&req.key_id, now_ms()).await.map_err(SignerError::Refused)?;
+        }
+        let configured = self.safes_of(&req.key_id, req.chain_id)?;
+        let policy = self.policy(req.chain_id)?;
+        let checked = crate::safe::check_safe_tx(req, &configured, &policy)?;
+        // The very approval check `sign_evm` runs (registry, quorum for key/asset/amount, actor): payload and
+        // nonce play no part in it.
+        let as_evm = EvmSignRequest {
+            key_id: req.key_id.clone(),
+            chain_id: req.chain_id,
+            nonce: checked.nonce,
+            payload: Vec::new(),
+            intent: req.intent.clone(),
+            approvals: req.approvals.clone(),
+            actor: req.actor.clone(),
+            terminal: req.terminal.clone(),
+            evacuation: None,
+        };
+        let approvers = self.verify_approvals(&as_evm, now_ms())?;
+
+        let slot = crate::safe::safe_slot(&req.key_id, req.chain_id, req.safe_address, checked.nonce);
+        let payload_sha256: [u8; 32] = Sha256::digest(&checked.preimage).into();
+        let intent_hash = req.intent.hash();
+        for _ in 0..SLOT_CONFLICT_RETRIES_MAX {
+            let prior = self.journal.slot_entries(&slot).await.map_err(journal_down)?;
+            // One Safe nonce, one transaction: a Safe transaction has no fee to bump, so anything else already
+            // signed for this nonce makes this one a double sign.
+            if prior.iter().any(|e| e.payload_sha256 != payload_sha256) {
+                return Err(SignerError::DoubleSign {
+                    key_id: slot.key_id.clone(),
+                    chain: slot.chain.clone(),
+                    slot: slot.slot.clone(),
+                    reason: "another Safe transaction was already signed for this Safe nonce".into(),
+                });
+            }
+            let signature = crate::safe::to_safe_signature(self.sign_and_verify(&req.key_id, &checked.preimage)?)?;
+            let at_ms = now_ms();
+            let entry = SlotEntry { payload: checked.preimage.clone(), payload_sha256, intent_hash, at_ms };
+            let access = KeyAccessEntry {
+                at_ms,
+                key_id: req.key_id.clone(),
+                operation: crate::safe::SAFE_SIGN_OPERATION.into(),
+                payload_sha256,
+                intent_hash,
+                actor: req.actor.clone(),
+                terminal: req.terminal.clone(),
+                approvers: approvers.clone(),
+            };
+            let expected: Vec<[u8; 32]> = prior.iter().map(|e| e.payload_sha256).collect();
+            match self.journal.record(&slot, &expected, &entry, &access).await {
+                Ok(()) => return Ok(signature),
+                Err(JournalError::Conflict) => continue,
+                Err(e) => return Err(journal_down(e)),
+            }
+        }
+        Err(SignerError::JournalUnavailable(format!("slot kept changing under {SLOT_CONFLICT_RETRIES_MAX} attempts")))
+    }
+}
+
 fn journal_down(e: JournalError) -> SignerError {
     SignerError::JournalUnavailable(e.to_string())
 }
@@ -505,6 +750,13 @@ fn journal_down(e: JournalError) -> SignerError {
 impl Signer for LocalSigner {
     fn sign_evm<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
         Box::pin(self.sign_evm_inner(req))
+    }
+
+    fn sign_safe_tx<'a>(
+        &'a self,
+        req: &'a crate::safe::SafeSignRequest,
+    ) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
+        Box::pin(self.sign_safe_inner(req))
     }
 
     fn apply_registry_change<'a>(
@@ -527,8 +779,13 @@ impl Signer for LocalSigner {
             // The key's own address when it is loaded, else the wallet the intent names: a missing key is
             // `sign_evm`'s to report, a freeze is reported here too.
             let wallet = self.address(&req.key_id).unwrap_or_else(|| req.intent.source_wallet.clone());
-            self.freezes()?.check(crate::freeze::EVM_CHAIN, &wallet, &req.key_id)?;
-            self.verify_approvals(req, now_ms())
+            if let Some(order) = self.frozen_unless_evacuation(req, &wallet)? {
+                return self.verify_evacuation(order, &req.intent, &wallet, None);
+            }
+            match self.automatic_rule(req, None) {
+                Some(verdict) => verdict.map(|()| Vec::new()),
+                None => self.verify_approvals(req, now_ms()),
+            }
         })
     }
 
@@ -637,6 +894,7 @@ mod tests {
             approvals,
             actor: "pipeline".into(),
             terminal: "test-host".into(),
+            evacuation: None,
         }
     }
 
@@ -669,6 +927,29 @@ mod tests {
         let none = refusal(signer.sign_evm(&request("w1", 0, AUTO_MAX + 1, &address, vec![])).await);
         assert!(none.contains("0 valid approvals of 2 required"), "{none}");
         nothing_recorded(&journal, 0).await;
+    }
+
+    /// K13: a custodian transfer to a cold wallet in the signer's OWN list signs above auto_max without
+    /// approvals (the automatic sweep); the same intent to an address not in the list, or a customer's
+    /// withdrawal to a listed address, still needs the quorum.
+    #[tokio::test]
+    async fn k13_sweep_to_the_signers_own_cold_wallet_needs_no_approval() {
+        let (signer, journal, address) = signer().await;
+        let sweep = |nonce: u64| {
+            let mut r = request("sweep1", nonce, AUTO_MAX * 100, &address, vec![]);
+            r.intent.customer_id = kinko_core::withdrawal::CUSTODIAN_CUSTOMER_ID.into();
+            r.intent.reason = kinko_core::withdrawal::CUSTODIAN_TRANSFER_REASON.into();
+            r
+        };
+        let m = refusal(signer.sign_evm(&sweep(0)).await);
+        assert!(m.contains("0 valid approvals of 2 required"), "not a listed cold wallet yet: {m}");
+        let customer = request("w1", 0, AUTO_MAX * 100, &address, vec![]);
+        signer.set_cold_wallets(&[DEST.to_uppercase().replacen("0X", "0x", 1)]).unwrap();
+        let m = refusal(signer.sign_evm(&customer).await);
+        assert!(m.contains("0 valid approvals of 2 required"), "a customer withdrawal is no sweep: {m}");
+        nothing_recorded(&journal, 0).await;
+        signer.sign_evm(&sweep(0)).await.unwrap();
+        assert!(journal.access_log()[0].approvers.is_empty());
     }
 
     #[tokio::test]

@@ -152,6 +152,7 @@ const INTENT_FIELDS: &[&str] = &[
     "token contract",
     "token recipient",
     "native value",
+    "token amount",
     "calldata",
 ];
 
@@ -197,6 +198,17 @@ impl Signer for RemoteSigner {
     fn sign_evm<'a>(&'a self, req: &'a EvmSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
         Box::pin(async move {
             let v = self.call(&Request::SignEvm { request: Box::new(req.clone()) }).await.map_err(signer_error)?;
+            let bytes = signature_bytes(&v)?;
+            bytes.try_into().map_err(|_| SignerError::Internal("remote signer: signature is not 65 bytes".into()))
+        })
+    }
+
+    fn sign_safe_tx<'a>(
+        &'a self,
+        req: &'a crate::safe::SafeSignRequest,
+    ) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::SignSafe { request: Box::new(req.clone()) }).await.map_err(signer_error)?;
             let bytes = signature_bytes(&v)?;
             bytes.try_into().map_err(|_| SignerError::Internal("remote signer: signature is not 65 bytes".into()))
         })

@@ -277,6 +277,10 @@ pub async fn unlock_signer_with(
             return Err(err("unwrapped key does not match its recorded address".into()));
         }
     }
+    // K13: deposit-address keys are derived on demand from the master seed's deposit account, never stored.
+    if let Some(deposit) = crate::sweep::load_deposit_signing(store, &keks, key_ids).await? {
+        signer.set_deposit_signing(deposit)?;
+    }
     Ok(signer)
 }
 

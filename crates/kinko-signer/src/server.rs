@@ -9,6 +9,7 @@
 //! Protocol: one JSON object per line (at most [`LINE_LEN_MAX`] bytes), answered by one line:
 //! `{"op":"status"}`, `{"op":"unseal","custodian":…,"index":…,"threshold":…,"share_hex":…}`,
 //! `{"op":"seal"}`, `{"op":"sign_evm","request":{…EvmSignRequest…}}`,
+//! `{"op":"sign_safe","request":{…safe::SafeSignRequest…}}` → `{"signature":hex}` (K15),
 //! `{"op":"sign_ed25519","request":{"key_id":…,"message":hex,"actor":…,"terminal":…}}`,
 //! `{"op":"registry_apply","change":{…RegistryChange…},"approvals":[{"operator_id":…,"signature_hex":…}]}`
 //! → `{"applied":true,"head":…}`, `{"op":"registry_head"}` → `{"head":null}` or
@@ -78,6 +79,11 @@ pub enum Request {
     Seal,
     SignEvm {
         request: Box<EvmSignRequest>,
+    },
+    /// One Safe owner's signature on a Safe transaction (see [`crate::Signer::sign_safe_tx`]) →
+    /// `{"signature":hex}` (r||s||v, v 27/28).
+    SignSafe {
+        request: Box<crate::safe::SafeSignRequest>,
     },
     /// Signs a raw message with an Ed25519 key after logging it durably. Ed25519 intents and chain decoding
     /// (e.g. Solana) are not built, so this op is for the benchmark beside OpenBao and for future chains;
@@ -226,6 +232,17 @@ pub struct SignerService {
     quorum: Option<SigningQuorum>,
     /// Emergency freezes (K19, S5), replayed at startup; shared with every unsealed signer.
     freezes: Arc<crate::freeze::SignerFreezes>,
+    /// Per-chain EVM policies (native coin, fee cap, the signer's own ERC-20 token map, K22), given to
+    /// every signer this service unseals. Chains without one use [`crate::evm::EvmPolicy::default`].
+    evm_policies: Vec<(u64, crate::evm::EvmPolicy)>,
+    /// `[signer] cold_wallets` (K13): the custodian's cold wallets, given to every signer this service unseals.
+    cold_wallets: Vec<String>,
+    /// `(key id, chain id, Safe)`: the Safes each key serves as owner or relayer (K15), given to every signer
+    /// this service unseals.
+    safes: Vec<(String, u64, alloy_primitives::Address)>,
+    /// `[signer] deposit_top_up_cap_wei` (K13), given to every signer this service unseals; `None` keeps the
+    /// signer's default.
+    top_up_cap_wei: Option<u128>,
     inner: tokio::sync::Mutex<Inner>,
 }
 
@@ -258,6 +275,10 @@ impl SignerService {
             pkcs11: None,
             registry,
             quorum: None,
+            evm_policies: Vec::new(),
+            cold_wallets: Vec::new(),
+            safes: Vec::new(),
+            top_up_cap_wei: None,
             inner: tokio::sync::Mutex::new(Inner { seal, signer: None, kek: None }),
         })
     }
@@ -278,6 +299,40 @@ impl SignerService {
     /// log was replayed with the default at startup; a stricter setting applies to lifts from now on.
     pub fn with_unfreeze_approvals(self, m: u8) -> Result<Self, SignerError> {
         self.freezes.set_unfreeze_approvals(m)?;
+        Ok(self)
+    }
+
+    /// The EVM policy of `chain_id` (e.g. the token map from the signer's own `[[ethereum.tokens]]`, K22),
+    /// given to every signer this service unseals.
+    pub fn with_evm_policy(mut self, chain_id: u64, policy: crate::evm::EvmPolicy) -> Self {
+        self.evm_policies.retain(|(c, _)| *c != chain_id);
+        self.evm_policies.push((chain_id, policy));
+        self
+    }
+
+    /// The Safes each key serves (K15; see [`LocalSigner::add_safe`]): `(key id, chain id, Safe address)`.
+    pub fn with_safes(mut self, safes: Vec<(String, u64, alloy_primitives::Address)>) -> Self {
+        self.safes = safes;
+        self
+    }
+
+    /// The custodian's cold wallets (`[signer] cold_wallets`, K13): sweeps to them sign without approvals.
+    pub fn with_cold_wallets(mut self, addresses: Vec<String>) -> Self {
+        self.cold_wallets = addresses;
+        self
+    }
+
+    /// The most one gas top-up to a deposit address signs for without approval (K13); `None` keeps the
+    /// default.
+    pub fn with_deposit_top_up_cap_wei(mut self, cap_wei: Option<u128>) -> Self {
+        self.top_up_cap_wei = cap_wei;
+        self
+    }
+
+    /// How many signing managers must approve an evacuation (`[emergency] evacuation_approvals`, K19, S5); the
+    /// freeze state is shared with every signer this service unseals, so it applies to all of them.
+    pub fn with_evacuation_approvals(self, m: u8) -> Result<Self, SignerError> {
+        self.freezes.set_evacuation_approvals(m)?;
         Ok(self)
     }
 
@@ -311,6 +366,16 @@ impl SignerService {
                 signer.set_freezes(self.freezes.clone())?;
                 if let Some(quorum) = &self.quorum {
                     signer.set_quorum(quorum.clone())?;
+                }
+                signer.set_cold_wallets(&self.cold_wallets)?;
+                if let Some(cap) = self.top_up_cap_wei {
+                    signer.set_top_up_cap_wei(cap)?;
+                }
+                for (key_id, chain_id, safe) in &self.safes {
+                    signer.add_safe(key_id, *chain_id, *safe)?;
+                }
+                for (chain_id, policy) in &self.evm_policies {
+                    signer.set_evm_policy(*chain_id, policy.clone())?;
                 }
                 Ok::<_, SealError>((kek, signer))
             }
@@ -396,6 +461,20 @@ impl SignerService {
                 .await
                 .map(|sig| json!({"signature": hex::encode(sig)}))
                 .map_err(|e| WireError::from(&e)),
+            Request::SignSafe { request } => {
+                let signer = self
+                    .inner
+                    .lock()
+                    .await
+                    .signer
+                    .clone()
+                    .ok_or(SignerError::Sealed)
+                    .map_err(|e| WireError::from(&e))?;
+                crate::Signer::sign_safe_tx(&*signer, &request)
+                    .await
+                    .map(|sig| json!({"signature": hex::encode(sig)}))
+                    .map_err(|e| WireError::from(&e))
+            }
             Request::SignEd25519 { request } => self
                 .sign_ed25519(&request)
                 .await

@@ -150,6 +150,7 @@ fn request(key_id: &str, nonce: u64, value_wei: u128, intent: Intent) -> EvmSign
         approvals: vec![],
         actor: "pipeline".into(),
         terminal: "pkcs11-test".into(),
+        evacuation: None,
     }
 }
 

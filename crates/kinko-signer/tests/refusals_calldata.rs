@@ -116,6 +116,7 @@ fn request(tx: &TxEip1559, intent: Intent) -> EvmSignRequest {
         approvals: vec![],
         actor: "pipeline".into(),
         terminal: "test-host".into(),
+        evacuation: None,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct DetectedTransfer {
     /// 0 for native-value transfers (they have no log); the log index for token transfers.
     pub log_index: u64,
     pub amount: Amount,
+    /// The token asset of an ERC-20 `Transfer` log (K22); `None` for the chain's native coin (the
+    /// `asset` given to [`Store::record_block`]).
+    pub asset: Option<AssetCode>,
 }
 
 /// What recording one block did.
@@ -188,7 +191,29 @@ impl Store {
                 continue;
             };
             let customer_id: String = owner.try_get("customer_id")?;
-            let id = deposit_id(chain, &t.tx_hash, t.log_index, &header.hash);
+            // kinko's own gas top-up (hot wallet → a deposit address, ahead of a token sweep) is custodian
+            // money, not a customer deposit. Only top-ups are skipped: a customer's withdrawal to another
+            // customer's deposit address is a real deposit and is credited.
+            if t.asset.is_none() {
+                let top_up: Option<String> = sqlx::query_scalar(
+                    "SELECT w.withdrawal_id FROM withdrawal_txs w JOIN deposit_sweeps s ON s.withdrawal_id = w.withdrawal_id \
+                     WHERE w.tx_hash = $1 AND s.purpose = $2",
+                )
+                .bind(format!("0x{}", hex::encode(t.tx_hash)))
+                .bind(crate::sweeps::PURPOSE_TOP_UP)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(withdrawal_id) = top_up {
+                    tracing::info!(chain, address = %t.address, withdrawal_id, "gas top-up by kinko; not a deposit");
+                    continue;
+                }
+            }
+            // A token deposit's id is derived under `chain:ASSET`, so it can never collide with a native
+            // transfer's (log index 0) in the same transaction, whatever the chain's account model allows.
+            let (asset, id) = match &t.asset {
+                Some(token) => (token, deposit_id(&format!("{chain}:{token}"), &t.tx_hash, t.log_index, &header.hash)),
+                None => (asset, deposit_id(chain, &t.tx_hash, t.log_index, &header.hash)),
+            };
             let status: Option<String> = sqlx::query_scalar("SELECT status FROM deposits WHERE id = $1")
                 .bind(&id)
                 .fetch_optional(&mut *tx)

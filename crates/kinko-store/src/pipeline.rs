@@ -3,9 +3,9 @@
 //! and at most one of them moves it. Nonce reservation happens in the same transaction as its
 //! compare-and-set, holding the wallet row, so a lost race never burns a nonce.
 
-use kinko_core::Amount;
 use kinko_core::ledger::postings;
 use kinko_core::withdrawal::{WithdrawalKind, WithdrawalStatus};
+use kinko_core::{Amount, AssetCode};
 use sqlx::Row;
 
 use crate::ledger::Posted;
@@ -334,6 +334,18 @@ impl Store {
     /// confirmed → settled, and the ledger posting (held → out of the wallet, fee expensed; for a custodian
     /// transfer, source wallet → destination wallet, fee expensed), atomically.
     pub async fn settle_withdrawal(&self, w: &WithdrawalRow, confirmations: u64, now_ms: i64) -> Result<bool> {
+        self.settle_withdrawal_fee_in(w, &w.asset, confirmations, now_ms).await
+    }
+
+    /// [`Self::settle_withdrawal`] with the network fee posted in `fee_asset`, the chain's native coin (for a
+    /// token withdrawal the amount is in the token and the fee in ETH, K22).
+    pub async fn settle_withdrawal_fee_in(
+        &self,
+        w: &WithdrawalRow,
+        fee_asset: &AssetCode,
+        confirmations: u64,
+        now_ms: i64,
+    ) -> Result<bool> {
         let fee = w.fee.ok_or_else(|| StoreError::Conflict(format!("withdrawal {} has no fee recorded", w.id)))?;
         let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
@@ -353,12 +365,24 @@ impl Store {
         // The kind decides whose money moved: a customer's held amount, or the custodian's own coins moving
         // between two of its wallets (M10), which leaves every customer account as it was.
         let draft = match w.kind {
-            WithdrawalKind::CustomerWithdrawal => {
-                postings::withdrawal_settled(&w.id, &w.customer_id, &w.source_wallet, &w.asset, w.amount, fee)
-            }
-            WithdrawalKind::CustodianTransfer => {
-                postings::custodian_transfer_settled(&w.id, &w.source_wallet, &w.destination, &w.asset, w.amount, fee)
-            }
+            WithdrawalKind::CustomerWithdrawal => postings::withdrawal_settled_fee_in(
+                &w.id,
+                &w.customer_id,
+                &w.source_wallet,
+                &w.asset,
+                w.amount,
+                fee_asset,
+                fee,
+            ),
+            WithdrawalKind::CustodianTransfer => postings::custodian_transfer_settled_fee_in(
+                &w.id,
+                &w.source_wallet,
+                &w.destination,
+                &w.asset,
+                w.amount,
+                fee_asset,
+                fee,
+            ),
         };
         let posted = self.post_entry(&mut tx, draft, now_ms).await?;
         debug_assert!(matches!(posted, Posted::New(_)), "a withdrawal settles once");

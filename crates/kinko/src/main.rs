@@ -2,6 +2,7 @@
 
 mod audit_cli;
 mod backup;
+mod cold_cli;
 mod emergency_cli;
 mod keys_cli;
 mod operator_cli;
@@ -139,6 +140,11 @@ enum Cmd {
     },
     /// The operator API client: enrol, log in, request, approve, execute, inspect, manage the registry.
     Ops(ops_cli::OpsArgs),
+    /// Cold storage (K14): export unsigned bundles for `kinko-offline sign`, import signed files.
+    Cold {
+        #[command(subcommand)]
+        command: cold_cli::ColdCmd,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -226,6 +232,7 @@ fn main() -> Result<()> {
             Cmd::Key { command } => keys_cli::run_key(command).await,
             Cmd::Operator { command } => operator_cli::run(command).await,
             Cmd::Ops(args) => ops_cli::run(args).await,
+            Cmd::Cold { command } => cold_cli::run(command).await,
             Cmd::Audit { command } => audit_cli::run(command).await,
             Cmd::Emergency { command } => emergency_cli::run(command).await,
             Cmd::Reconcile { config } => emergency_cli::reconcile(config).await,
@@ -435,7 +442,17 @@ async fn signer_serve(config: Config) -> Result<()> {
             .with_routine_policy(config.signer.routine_policy()?)
             .with_pkcs11(config.signer.pkcs11.as_ref().map(|p| p.login()).transpose()?)
             .with_quorum(config.signer.signing_quorum()?)
-            .with_unfreeze_approvals(config.emergency.unfreeze_approvals)?,
+            .with_cold_wallets(config.signer.cold_wallets.clone())
+            .with_deposit_top_up_cap_wei(config.signer.deposit_top_up_cap_wei)
+            // K15: the Safes each key serves, from the signer's own configuration file.
+            .with_safes(config.signer.safes_on(config.ethereum.chain_id)?)
+            // K22: the signer's own token map, from the signer's own configuration file.
+            .with_evm_policy(
+                config.ethereum.chain_id,
+                kinko_server::erc20::TokenSet::from_config(&config.ethereum)?.signer_policy()?,
+            )
+            .with_unfreeze_approvals(config.emergency.unfreeze_approvals)?
+            .with_evacuation_approvals(config.emergency.evacuation_approvals)?,
     );
     let path = config.signer_socket();
     let listener =

@@ -407,7 +407,11 @@ pub fn recompute_subject(request: &Value) -> Result<ApprovalSubject> {
     let params = field("params")?;
     // A custodian transfer (M10) is approved over its withdrawal Intent too; the server stores the same
     // params for it (customer = the reserved custodian row, reason "custodian transfer").
-    if kind == KIND_CUSTOMER_WITHDRAWAL || kind == KIND_CUSTODIAN_TRANSFER {
+    // A cold refill (K14) too: its params carry the same names (source = the cold wallet, destination = hot).
+    if kind == KIND_CUSTOMER_WITHDRAWAL
+        || kind == KIND_CUSTODIAN_TRANSFER
+        || kind == kinko_store::cold::COLD_REFILL_KIND
+    {
         if process != Process::Signing {
             bail!("a {kind} request must be process signing, not {process}");
         }
@@ -627,6 +631,15 @@ mod tests {
         other.destination = "0x00000000000000000000000000000000000000cc".into();
         let tampered = request(KIND_CUSTODIAN_TRANSFER, "signing", "w-1", withdrawal_params(&i), other.hash());
         assert!(check_server_hash(&tampered, &recompute_subject(&tampered).unwrap()).is_err());
+    }
+
+    #[test]
+    fn k14_cold_refill_subject_is_its_intent() {
+        let mut i = intent();
+        i.customer_id = "custodian".into();
+        i.reason = "custodian transfer".into();
+        let good = request(kinko_store::cold::COLD_REFILL_KIND, "signing", "w-1", withdrawal_params(&i), i.hash());
+        check_server_hash(&good, &recompute_subject(&good).unwrap()).unwrap();
     }
 
     #[test]

@@ -209,6 +209,7 @@ async fn k4_kek_rotation_sigkilled_part_way_resumes_every_key_still_signs_and_th
         approvals: vec![],
         actor: "kek-rotate-test".into(),
         terminal: "kek_rotate.rs".into(),
+        evacuation: None,
     };
     let sig = signer.sign_evm(&req).await.expect("the re-wrapped hot key signs");
     let signed = assemble_signed(&req.payload, &sig).unwrap();

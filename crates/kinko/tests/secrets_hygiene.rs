@@ -423,6 +423,7 @@ async fn k1_l2_no_secret_in_logs_database_responses_or_errors() {
             approvals: vec![],
             actor: "test".into(),
             terminal: "test".into(),
+            evacuation: None,
         };
         use kinko_signer::Signer as _;
         let e = signer.sign_evm(&req).await.expect_err("malformed payload");

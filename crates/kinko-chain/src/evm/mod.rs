@@ -2,7 +2,9 @@
 
 pub mod address;
 pub mod build;
+pub mod erc20;
 pub mod rpc;
+pub mod safe;
 
 /// Gas a plain value transfer to an account without code uses; it is exact, so no estimate is needed.
 pub const NATIVE_TRANSFER_GAS: u64 = 21_000;

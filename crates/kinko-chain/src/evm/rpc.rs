@@ -84,7 +84,10 @@ pub struct EvmRpc {
     provider: RootProvider<Ethereum>,
 }
 
-async fn timed<T>(call: &'static str, fut: impl Future<Output = Result<T, TransportError>>) -> Result<T, RpcError> {
+pub(crate) async fn timed<T>(
+    call: &'static str,
+    fut: impl Future<Output = Result<T, TransportError>>,
+) -> Result<T, RpcError> {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
         Err(_) => Err(RpcError::Timeout { call }),
         Ok(Ok(v)) => Ok(v),
@@ -116,6 +119,11 @@ impl EvmRpc {
             return Err(RpcError::BadUrl("scheme must be http or https".into()));
         }
         Ok(EvmRpc { provider: RootProvider::new_http(parsed) })
+    }
+
+    /// The underlying provider, for the token calls in [`super::erc20`].
+    pub(crate) fn provider(&self) -> &RootProvider<Ethereum> {
+        &self.provider
     }
 
     pub async fn chain_id(&self) -> Result<u64, RpcError> {

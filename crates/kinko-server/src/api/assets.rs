@@ -15,6 +15,8 @@ pub struct SupportedAsset {
     pub chain_id: ChainId,
     /// Counter that hands out deposit-address derivation indexes on this chain.
     pub deposit_index_counter: &'static str,
+    /// Native coin or ERC-20 token (K22).
+    pub kind: kinko_core::asset::AssetKind,
 }
 
 /// The storage name of the configured EVM chain; one definition shared with the watcher and pipeline.
@@ -24,12 +26,27 @@ pub const ETH_DEPOSIT_INDEX_COUNTER: &str = "eth_deposit_index";
 pub fn supported_assets(config: &Config) -> Vec<SupportedAsset> {
     // "ETH" is a valid code (checked by the test below); the let-else keeps this path panic-free.
     let Ok(eth) = "ETH".parse::<AssetCode>() else { return Vec::new() };
-    vec![SupportedAsset {
+    let chain_id = ChainId(config.ethereum.chain_id);
+    let mut out = vec![SupportedAsset {
         code: eth,
         chain: ETH_CHAIN,
-        chain_id: ChainId(config.ethereum.chain_id),
+        chain_id,
         deposit_index_counter: ETH_DEPOSIT_INDEX_COUNTER,
-    }]
+        kind: kinko_core::asset::AssetKind::EvmNative { chain_id },
+    }];
+    // K22: configured ERC-20 tokens live on the same chain. Each (customer, token) gets its own deposit
+    // address from the chain's counter, so one address never serves two assets. The configuration was
+    // validated at load; an invalid one here offers no tokens rather than guessing.
+    if let Ok(tokens) = crate::erc20::TokenSet::from_config(&config.ethereum) {
+        out.extend(tokens.asset_specs().into_iter().map(|spec| SupportedAsset {
+            code: spec.code,
+            chain: ETH_CHAIN,
+            chain_id,
+            deposit_index_counter: ETH_DEPOSIT_INDEX_COUNTER,
+            kind: spec.kind,
+        }));
+    }
+    out
 }
 
 /// Resolves an asset code from a request; the error names `field`.

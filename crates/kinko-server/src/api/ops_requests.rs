@@ -208,6 +208,7 @@ fn kind_for(process: Process) -> Option<&'static str> {
         Process::FiatDeposit => Some("fiat_deposit"),
         Process::CustomerRestore => Some(super::account::CUSTOMER_RESTORE_KIND),
         Process::Unfreeze => Some(kinko_core::freeze::UNFREEZE_KIND),
+        Process::Evacuation => Some(kinko_core::evacuation::EVACUATION_KIND),
         Process::Personnel => None,
     }
 }
@@ -335,6 +336,9 @@ async fn check_params(state: &AppState, kind: &str, params: &serde_json::Value) 
         kinko_core::freeze::UNFREEZE_KIND => {
             errors.extend(crate::emergency::check_unfreeze_params(state, params).await?)
         }
+        kinko_core::evacuation::EVACUATION_KIND => {
+            errors.extend(crate::evacuation::check_evacuation_params(state, params).await?)
+        }
         "policy_change" if params.get("policy").is_none_or(|p| !p.is_object()) => {
             errors.push(FieldError::new("params.policy", "is required (a PolicyConfig object)"));
         }
@@ -386,6 +390,9 @@ pub async fn create_request(
     } else if kind == kinko_core::freeze::UNFREEZE_KIND {
         // K19: approvers sign over the freeze's id and scope, the params the signer checks (M = [emergency]).
         crate::emergency::unfreeze_request(&state, &id, &body.params).await?
+    } else if kind == kinko_core::evacuation::EVACUATION_KIND {
+        // K19, S5: approvers sign over the canonical params the signer checks (M = [emergency]).
+        crate::evacuation::evacuation_request(&state, &id, &body.params).await?
     } else {
         (body.params.clone(), request_intent_hash(process, &id, kind, &body.params), required_approvals(process))
     };
@@ -672,7 +679,8 @@ async fn on_quorum(state: &AppState, op: &Operator, id: &str, now: i64) -> Resul
         "policy_change"
         | "fiat_deposit"
         | super::account::CUSTOMER_RESTORE_KIND
-        | kinko_core::freeze::UNFREEZE_KIND => {
+        | kinko_core::freeze::UNFREEZE_KIND
+        | kinko_core::evacuation::EVACUATION_KIND => {
             let params: serde_json::Value = serde_json::from_str(&row.params_json).map_err(Problem::internal)?;
             let outcome = if row.kind == "policy_change" {
                 crate::withdrawal_policy::apply_policy_change(state, id, &params, now).await
@@ -680,6 +688,8 @@ async fn on_quorum(state: &AppState, op: &Operator, id: &str, now: i64) -> Resul
                 super::account::execute_restore(state, id, &params, now).await
             } else if row.kind == kinko_core::freeze::UNFREEZE_KIND {
                 crate::emergency::execute_unfreeze(state, &row, &approvals, now).await
+            } else if row.kind == kinko_core::evacuation::EVACUATION_KIND {
+                crate::evacuation::execute_evacuation(state, &row, &approvals, now).await
             } else {
                 post_fiat_deposit(state, id, &params, now).await
             };
@@ -823,6 +833,8 @@ pub async fn execute(
             )
             .await?
         }
+        // K14: a cold → hot refill becomes a row the pipeline parks for its offline signature.
+        kinko_store::cold::COLD_REFILL_KIND => crate::tiers::execute_cold_refill(&state, &id, &params, now).await?,
         other => return Err(Problem::internal(format!("request {id}: cannot execute kind {other}"))),
     };
     let mut tx = state.store.begin_write().await?;

@@ -224,6 +224,62 @@ fn mismatch(field: &'static str, expected: impl ToString, actual: impl ToString)
     SignerError::IntentMismatch { field, expected: expected.to_string(), actual: actual.to_string() }
 }
 
+/// The one rule for what a transfer may be (shared by `sign_evm` and Safe owner signatures, so the two can
+/// never drift): a native transfer is `to` = destination and `value` = amount with no call; a token transfer
+/// is a call to the signer's OWN contract for the asset with no value and exactly `transfer(destination,
+/// amount)`. `what` names the thing checked in refusals ("payload", "Safe transaction").
+pub(crate) fn check_transfer_matches_intent(
+    to: Address,
+    value: U256,
+    call: EvmCall,
+    intent: &Intent,
+    policy: &EvmPolicy,
+    what: &str,
+) -> Result<(), SignerError> {
+    if intent.asset.as_str() == policy.native_asset {
+        if call != EvmCall::None {
+            return Err(SignerError::Refused(format!(
+                "intent is a native {} transfer, but the {what} calls a contract",
+                policy.native_asset
+            )));
+        }
+        let to = format!("{to:#x}");
+        if !to.eq_ignore_ascii_case(&intent.destination) {
+            return Err(mismatch("destination", &intent.destination, to));
+        }
+        if value != U256::from(intent.amount.base_units()) {
+            return Err(mismatch("amount", intent.amount, value));
+        }
+    } else {
+        let Some(contract) = policy.tokens.get(intent.asset.as_str()) else {
+            return Err(SignerError::Refused(format!(
+                "asset {} is neither the native coin {} nor a token the signer knows on chain {}",
+                intent.asset, policy.native_asset, intent.chain_id
+            )));
+        };
+        if to != *contract {
+            return Err(mismatch("token contract", format!("{contract:#x}"), format!("{to:#x}")));
+        }
+        if !value.is_zero() {
+            return Err(mismatch("native value", 0, value));
+        }
+        let EvmCall::Erc20Transfer { recipient, amount } = call else {
+            return Err(SignerError::Refused(format!(
+                "intent is a {} token transfer, but the {what} carries no transfer call",
+                intent.asset
+            )));
+        };
+        let recipient = format!("{recipient:#x}");
+        if !recipient.eq_ignore_ascii_case(&intent.destination) {
+            return Err(mismatch("token recipient", &intent.destination, recipient));
+        }
+        if amount != U256::from(intent.amount.base_units()) {
+            return Err(mismatch("token amount", intent.amount, amount));
+        }
+    }
+    Ok(())
+}
+
 /// Compares the decoded transaction with the request, the intent and the key's address. Every field
 /// that moves value is checked; anything but a plain native or ERC-20 transfer is refused.
 pub fn check_against_intent(
@@ -255,47 +311,13 @@ pub fn check_against_intent(
     if !tx.access_list.is_empty() {
         return Err(SignerError::Refused("a plain transfer carries no access list".into()));
     }
-    if intent.asset.as_str() == policy.native_asset {
-        if call != EvmCall::None {
-            return Err(SignerError::Refused(format!(
-                "intent is a native {} transfer, but the payload calls a contract",
-                policy.native_asset
-            )));
-        }
-        let to = format!("{to:#x}");
-        if !to.eq_ignore_ascii_case(&intent.destination) {
-            return Err(mismatch("destination", &intent.destination, to));
-        }
-        if tx.value != U256::from(intent.amount.base_units()) {
-            return Err(mismatch("amount", intent.amount, tx.value));
-        }
-    } else {
-        let Some(contract) = policy.tokens.get(intent.asset.as_str()) else {
-            return Err(SignerError::Refused(format!(
-                "asset {} is neither the native coin {} nor a token the signer knows on chain {}",
-                intent.asset, policy.native_asset, intent.chain_id
-            )));
-        };
-        if to != *contract {
-            return Err(mismatch("token contract", format!("{contract:#x}"), format!("{to:#x}")));
-        }
-        if !tx.value.is_zero() {
-            return Err(mismatch("native value", 0, tx.value));
-        }
-        let EvmCall::Erc20Transfer { recipient, amount } = call else {
-            return Err(SignerError::Refused(format!(
-                "intent is a {} token transfer, but the payload carries no transfer call",
-                intent.asset
-            )));
-        };
-        let recipient = format!("{recipient:#x}");
-        if !recipient.eq_ignore_ascii_case(&intent.destination) {
-            return Err(mismatch("token recipient", &intent.destination, recipient));
-        }
-        if amount != U256::from(intent.amount.base_units()) {
-            return Err(mismatch("token amount", intent.amount, amount));
-        }
-    }
+    check_transfer_matches_intent(to, tx.value, call, intent, policy, "payload")?;
+    check_fee_cap(tx, policy)
+}
+
+/// The fee a transaction may burn at most (gas limit × max fee per gas) is within the policy's cap, and its
+/// tip is not above its max fee.
+pub(crate) fn check_fee_cap(tx: &TxEip1559, policy: &EvmPolicy) -> Result<(), SignerError> {
     if tx.max_priority_fee_per_gas > tx.max_fee_per_gas {
         return Err(SignerError::Malformed("max_priority_fee_per_gas is above max_fee_per_gas".into()));
     }

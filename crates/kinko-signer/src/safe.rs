@@ -30,7 +30,7 @@ use alloy_sol_types::{SolStruct, eip712_domain, sol};
 use kinko_core::intent::Intent;
 use serde::{Deserialize, Serialize};
 
-use crate::evm::{EvmCall, EvmPolicy, classify_calldata};
+use crate::evm::{EvmPolicy, classify_calldata};
 use crate::journal::SlotKey;
 use crate::{Approval, SignerError};
 
@@ -214,47 +214,7 @@ pub fn check_safe_tx(
     if !safe_hex.eq_ignore_ascii_case(&intent.source_wallet) {
         return Err(mismatch("source_wallet", &intent.source_wallet, safe_hex));
     }
-    if intent.asset.as_str() == policy.native_asset {
-        if call != EvmCall::None {
-            return Err(SignerError::Refused(format!(
-                "intent is a native {} transfer, but the Safe transaction calls a contract",
-                policy.native_asset
-            )));
-        }
-        let to = format!("{:#x}", tx.to);
-        if !to.eq_ignore_ascii_case(&intent.destination) {
-            return Err(mismatch("destination", &intent.destination, to));
-        }
-        if tx.value != U256::from(intent.amount.base_units()) {
-            return Err(mismatch("amount", intent.amount, tx.value));
-        }
-    } else {
-        let Some(contract) = policy.tokens.get(intent.asset.as_str()) else {
-            return Err(SignerError::Refused(format!(
-                "asset {} is neither the native coin {} nor a token the signer knows on chain {}",
-                intent.asset, policy.native_asset, intent.chain_id
-            )));
-        };
-        if tx.to != *contract {
-            return Err(mismatch("token contract", format!("{contract:#x}"), format!("{:#x}", tx.to)));
-        }
-        if !tx.value.is_zero() {
-            return Err(mismatch("native value", 0, tx.value));
-        }
-        let EvmCall::Erc20Transfer { recipient, amount } = call else {
-            return Err(SignerError::Refused(format!(
-                "intent is a {} token transfer, but the Safe transaction carries no transfer call",
-                intent.asset
-            )));
-        };
-        let recipient = format!("{recipient:#x}");
-        if !recipient.eq_ignore_ascii_case(&intent.destination) {
-            return Err(mismatch("token recipient", &intent.destination, recipient));
-        }
-        if amount != U256::from(intent.amount.base_units()) {
-            return Err(mismatch("token amount", intent.amount, amount));
-        }
-    }
+    crate::evm::check_transfer_matches_intent(tx.to, tx.value, call, intent, policy, "Safe transaction")?;
     let (preimage, hash) = safe_tx_hash(tx, req.chain_id, safe);
     Ok(CheckedSafeTx { preimage, hash, nonce })
 }
@@ -337,17 +297,7 @@ pub fn check_relay(
         terminal: req.terminal.clone(),
     };
     check_safe_tx(&inner, configured, policy)?;
-    if tx.max_priority_fee_per_gas > tx.max_fee_per_gas {
-        return Err(SignerError::Malformed("max_priority_fee_per_gas is above max_fee_per_gas".into()));
-    }
-    let fee_wei_max = u128::from(tx.gas_limit).checked_mul(tx.max_fee_per_gas);
-    if fee_wei_max.is_none_or(|f| f > policy.fee_wei_max) {
-        return Err(SignerError::Refused(format!(
-            "gas_limit {} x max_fee_per_gas {} exceeds the fee cap of {} wei",
-            tx.gas_limit, tx.max_fee_per_gas, policy.fee_wei_max
-        )));
-    }
-    Ok(())
+    crate::evm::check_fee_cap(tx, policy)
 }
 
 /// Safe's packed form of one owner signature: r||s||v with v = 27 + recovery id.

@@ -408,21 +408,26 @@ impl SignerService {
         inner.seal.status()
     }
 
+    /// The unsealed signer, or `Sealed`.
+    async fn unsealed(&self) -> Result<Arc<LocalSigner>, SignerError> {
+        self.inner.lock().await.signer.clone().ok_or(SignerError::Sealed)
+    }
+
     pub async fn sign_evm(&self, req: &EvmSignRequest) -> Result<[u8; 65], SignerError> {
-        let signer = self.inner.lock().await.signer.clone().ok_or(SignerError::Sealed)?;
+        let signer = self.unsealed().await?;
         crate::Signer::sign_evm(&*signer, req).await
     }
 
     /// See [`Request::SignEd25519`].
     pub async fn sign_ed25519(&self, req: &crate::ed25519::Ed25519SignRequest) -> Result<[u8; 64], SignerError> {
-        let signer = self.inner.lock().await.signer.clone().ok_or(SignerError::Sealed)?;
+        let signer = self.unsealed().await?;
         signer.sign_ed25519(req).await
     }
 
     /// Generates an Ed25519 key in the unsealed signer; returns its public key. In-process only (no
     /// socket op creates keys); the key is gone after a seal (see [`crate::ed25519`]).
     pub async fn generate_ed25519_key(&self, key_id: &str) -> Result<[u8; 32], SignerError> {
-        let signer = self.inner.lock().await.signer.clone().ok_or(SignerError::Sealed)?;
+        let signer = self.unsealed().await?;
         signer.generate_ed25519_key(key_id)
     }
 
@@ -462,14 +467,7 @@ impl SignerService {
                 .map(|sig| json!({"signature": hex::encode(sig)}))
                 .map_err(|e| WireError::from(&e)),
             Request::SignSafe { request } => {
-                let signer = self
-                    .inner
-                    .lock()
-                    .await
-                    .signer
-                    .clone()
-                    .ok_or(SignerError::Sealed)
-                    .map_err(|e| WireError::from(&e))?;
+                let signer = self.unsealed().await.map_err(|e| WireError::from(&e))?;
                 crate::Signer::sign_safe_tx(&*signer, &request)
                     .await
                     .map(|sig| json!({"signature": hex::encode(sig)}))
@@ -486,14 +484,7 @@ impl SignerService {
                 Ok(json!({"applied": true, "head": WireHead::from_head(head)}))
             }
             Request::CheckApprovals { request } => {
-                let signer = self
-                    .inner
-                    .lock()
-                    .await
-                    .signer
-                    .clone()
-                    .ok_or(SignerError::Sealed)
-                    .map_err(|e| WireError::from(&e))?;
+                let signer = self.unsealed().await.map_err(|e| WireError::from(&e))?;
                 crate::Signer::check_approvals(&*signer, &request)
                     .await
                     .map(|approvers| json!({"approvers": approvers}))

@@ -452,7 +452,15 @@ async fn k15_hot_key_relays_exec_transaction_only_for_a_configured_safe_and_the_
     let sig = r.signer.sign_evm(&req).await.unwrap();
     let signed = kinko_chain::evm::build::assemble_signed(&req.payload, &sig).unwrap();
     f.rpc.send_raw(&signed.raw).await.unwrap();
-    let receipt = f.rpc.receipt(signed.tx_hash).await.unwrap().expect("anvil mines on arrival");
+    // Anvil mines on arrival, but the receipt can lag the send under load: poll, bounded.
+    let deadline = std::time::Instant::now() + kinko_chain::anvil_safe::RECEIPT_TIMEOUT;
+    let receipt = loop {
+        if let Some(r) = f.rpc.receipt(signed.tx_hash).await.unwrap() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the relayed execTransaction was not mined in time");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(receipt.success);
     let recipient: Address = RECIPIENT.parse().unwrap();
     assert_eq!(f.rpc.balance(recipient).await.unwrap(), AMOUNT_WEI);

@@ -130,37 +130,15 @@ impl Store {
         WithdrawalStatus::Approved
             .transition(WithdrawalStatus::AwaitingOfflineSignature)
             .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        let mut tx = self.begin_write().await?;
-        let q = format!("SELECT next_nonce FROM wallets WHERE address = $1{}", self.for_update());
-        let next: i64 =
-            sqlx::query_scalar(sql(q)).bind(wallet).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
-        let nonce = (next as u64).max(chain_nonce);
-        let moved = sqlx::query(
-            "UPDATE withdrawals SET status = $1, nonce = $2, planned_max_fee_per_gas = $3, planned_max_priority_fee_per_gas = $4, \
-             gas_limit = $5, updated_at_ms = $6, error = NULL WHERE id = $7 AND status = $8 AND source_wallet = $9",
+        self.reserve_nonce_into(
+            WithdrawalStatus::AwaitingOfflineSignature,
+            withdrawal_id,
+            wallet,
+            chain_nonce,
+            plan,
+            now_ms,
         )
-        .bind(WithdrawalStatus::AwaitingOfflineSignature.as_str())
-        .bind(nonce as i64)
-        .bind(plan.max_fee_per_gas.to_string())
-        .bind(plan.max_priority_fee_per_gas.to_string())
-        .bind(plan.gas_limit as i64)
-        .bind(now_ms)
-        .bind(withdrawal_id)
-        .bind(WithdrawalStatus::Approved.as_str())
-        .bind(wallet)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            return Ok(None);
-        }
-        sqlx::query("UPDATE wallets SET next_nonce = $1 WHERE address = $2")
-            .bind(nonce as i64 + 1)
-            .bind(wallet)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(nonce))
+        .await
     }
 
     /// The tier (`hot`, `cold`, …) and key id of one of the custodian's wallets.
@@ -284,20 +262,7 @@ impl Store {
                 "withdrawal {withdrawal_id} is not awaiting an offline signature with this nonce and fee plan"
             )));
         }
-        sqlx::query(
-            "INSERT INTO withdrawal_txs (tx_hash, withdrawal_id, nonce, max_fee_per_gas, max_priority_fee_per_gas, gas_limit, raw, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&version.tx_hash)
-        .bind(withdrawal_id)
-        .bind(version.nonce as i64)
-        .bind(version.fees.max_fee_per_gas.to_string())
-        .bind(version.fees.max_priority_fee_per_gas.to_string())
-        .bind(version.fees.gas_limit as i64)
-        .bind(hex::encode(&version.raw))
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        crate::pipeline::insert_tx_version(&mut tx, withdrawal_id, version, now_ms).await?;
         sqlx::query("UPDATE offline_bundles SET imported_at_ms = $1, tx_hash = $2 WHERE withdrawal_id = $3")
             .bind(now_ms)
             .bind(&version.tx_hash)

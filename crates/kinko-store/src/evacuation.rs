@@ -6,7 +6,7 @@
 //! pipeline's freeze gate and what the pipeline presents to the signer (the request's params and
 //! approvals), which verifies it itself; the link alone authorises nothing.
 
-use kinko_core::withdrawal::{CUSTODIAN_CUSTOMER_ID, WithdrawalKind, WithdrawalStatus};
+use kinko_core::withdrawal::WithdrawalKind;
 use sqlx::Row;
 
 use crate::withdrawals::{NewCustodianTransfer, WITHDRAWAL_COLUMNS, WithdrawalRow};
@@ -52,30 +52,7 @@ impl Store {
                 out.push(row);
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO withdrawals (id, kind, customer_id, asset, chain, amount, destination, source_wallet, \
-                 status, intent_hash, idempotency_key, request_hash, confirmations, lease_until_ms, next_attempt_at_ms, \
-                 created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, 0, $13, \
-                 $14, $15)",
-            )
-            .bind(&new.id)
-            .bind(WithdrawalKind::CustodianTransfer.as_str())
-            .bind(CUSTODIAN_CUSTOMER_ID)
-            .bind(new.asset.as_str())
-            .bind(&new.chain)
-            .bind(new.amount.to_string())
-            .bind(&new.destination)
-            .bind(&new.source_wallet)
-            .bind(WithdrawalStatus::Approved.as_str())
-            .bind(&new.intent_hash)
-            // (customer, idempotency key) is unique: the row id keeps one row per (request, asset).
-            .bind(&new.id)
-            .bind(&new.intent_hash)
-            .bind(now_ms)
-            .bind(now_ms)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            crate::withdrawals::insert_custodian_transfer(&mut tx, new, now_ms).await?;
             sqlx::query(
                 "INSERT INTO evacuation_transfers (withdrawal_id, request_id, asset, created_at_ms) VALUES ($1, $2, $3, $4)",
             )

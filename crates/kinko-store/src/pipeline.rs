@@ -147,6 +147,20 @@ impl Store {
         plan: FeePlan,
         now_ms: i64,
     ) -> Result<Option<u64>> {
+        self.reserve_nonce_into(WithdrawalStatus::Signing, withdrawal_id, wallet, chain_nonce, plan, now_ms).await
+    }
+
+    /// approved → `to` with the wallet's next nonce and the fee plan: [`Store::reserve_nonce`] (online signer)
+    /// and `reserve_nonce_offline` (a cold row waiting for its imported signature) differ only in `to`.
+    pub(crate) async fn reserve_nonce_into(
+        &self,
+        to: WithdrawalStatus,
+        withdrawal_id: &str,
+        wallet: &str,
+        chain_nonce: u64,
+        plan: FeePlan,
+        now_ms: i64,
+    ) -> Result<Option<u64>> {
         let mut tx = self.begin_write().await?;
         let q = format!("SELECT next_nonce FROM wallets WHERE address = $1{}", self.for_update());
         let next: i64 =
@@ -156,7 +170,7 @@ impl Store {
             "UPDATE withdrawals SET status = $1, nonce = $2, planned_max_fee_per_gas = $3, planned_max_priority_fee_per_gas = $4, \
              gas_limit = $5, updated_at_ms = $6, error = NULL WHERE id = $7 AND status = $8 AND source_wallet = $9",
         )
-        .bind(WithdrawalStatus::Signing.as_str())
+        .bind(to.as_str())
         .bind(nonce as i64)
         .bind(plan.max_fee_per_gas.to_string())
         .bind(plan.max_priority_fee_per_gas.to_string())
@@ -216,20 +230,7 @@ impl Store {
             .await?
             .is_some();
         if !known {
-            sqlx::query(
-                "INSERT INTO withdrawal_txs (tx_hash, withdrawal_id, nonce, max_fee_per_gas, max_priority_fee_per_gas, gas_limit, raw, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&version.tx_hash)
-            .bind(withdrawal_id)
-            .bind(version.nonce as i64)
-            .bind(version.fees.max_fee_per_gas.to_string())
-            .bind(version.fees.max_priority_fee_per_gas.to_string())
-            .bind(version.fees.gas_limit as i64)
-            .bind(hex::encode(&version.raw))
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            insert_tx_version(&mut tx, withdrawal_id, version, now_ms).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -426,4 +427,29 @@ async fn cas(tx: &mut Tx, id: &str, from: WithdrawalStatus, to: WithdrawalStatus
         .await?
         .rows_affected();
     Ok(moved == 1)
+}
+
+/// Stores one signed version of a withdrawal's transaction (before it is ever broadcast), for the online
+/// signer's path and the offline import alike.
+pub(crate) async fn insert_tx_version(
+    tx: &mut crate::Tx,
+    withdrawal_id: &str,
+    version: &TxVersion,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO withdrawal_txs (tx_hash, withdrawal_id, nonce, max_fee_per_gas, max_priority_fee_per_gas, gas_limit, raw, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&version.tx_hash)
+    .bind(withdrawal_id)
+    .bind(version.nonce as i64)
+    .bind(version.fees.max_fee_per_gas.to_string())
+    .bind(version.fees.max_priority_fee_per_gas.to_string())
+    .bind(version.fees.gas_limit as i64)
+    .bind(hex::encode(&version.raw))
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

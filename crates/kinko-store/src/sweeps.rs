@@ -4,7 +4,7 @@
 
 use kinko_core::deposit::DepositStatus;
 use kinko_core::ledger::{AccountKind, AccountRef};
-use kinko_core::withdrawal::{CUSTODIAN_CUSTOMER_ID, WithdrawalKind, WithdrawalStatus};
+use kinko_core::withdrawal::WithdrawalStatus;
 use kinko_core::{Amount, AssetCode};
 use sqlx::Row;
 
@@ -248,28 +248,16 @@ impl Store {
                 .await?;
             }
         }
-        sqlx::query(
-            "INSERT INTO withdrawals (id, kind, customer_id, asset, chain, amount, destination, source_wallet, status, \
-             intent_hash, idempotency_key, request_hash, confirmations, lease_until_ms, next_attempt_at_ms, created_at_ms, \
-             updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, 0, $13, $14, $15)",
-        )
-        .bind(&new.id)
-        .bind(WithdrawalKind::CustodianTransfer.as_str())
-        .bind(CUSTODIAN_CUSTOMER_ID)
-        .bind(new.asset.as_str())
-        .bind(&new.chain)
-        .bind(new.amount.to_string())
-        .bind(&new.destination)
-        .bind(&new.source_wallet)
-        .bind(WithdrawalStatus::Approved.as_str())
-        .bind(&new.intent_hash)
-        .bind(&new.id)
-        .bind(&new.intent_hash)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        let row = crate::withdrawals::NewCustodianTransfer {
+            id: new.id.clone(),
+            asset: new.asset.clone(),
+            chain: new.chain.clone(),
+            amount: new.amount,
+            destination: new.destination.clone(),
+            source_wallet: new.source_wallet.clone(),
+            intent_hash: new.intent_hash.clone(),
+        };
+        crate::withdrawals::insert_custodian_transfer(&mut tx, &row, now_ms).await?;
         let inserted = sqlx::query(
             "INSERT INTO deposit_sweeps (withdrawal_id, purpose, deposit_address, derivation_index, asset, intent_reason, \
              max_fee_per_gas, in_flight, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)",

@@ -231,29 +231,7 @@ impl Store {
         if uncommitted < needed {
             return Ok(CustodianTransferOutcome::Insufficient { uncommitted, needed });
         }
-        sqlx::query(
-            "INSERT INTO withdrawals (id, kind, customer_id, asset, chain, amount, destination, source_wallet, status, \
-             intent_hash, idempotency_key, request_hash, confirmations, lease_until_ms, next_attempt_at_ms, created_at_ms, \
-             updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, 0, $13, $14, $15)",
-        )
-        .bind(&new.id)
-        .bind(WithdrawalKind::CustodianTransfer.as_str())
-        .bind(CUSTODIAN_CUSTOMER_ID)
-        .bind(new.asset.as_str())
-        .bind(&new.chain)
-        .bind(new.amount.to_string())
-        .bind(&new.destination)
-        .bind(&new.source_wallet)
-        .bind(WithdrawalStatus::Approved.as_str())
-        .bind(&new.intent_hash)
-        // (customer, idempotency key) is unique: the request id keeps one row per request here too.
-        .bind(&new.id)
-        .bind(&new.intent_hash)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        insert_custodian_transfer(&mut tx, new, now_ms).await?;
         let q = format!("SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals WHERE id = $1");
         let row = WithdrawalRow::from_row(&sqlx::query(crate::sql(q)).bind(&new.id).fetch_one(&mut *tx).await?)?;
         tx.commit().await?;
@@ -263,6 +241,35 @@ impl Store {
 
 /// The wallet's ledger balance in `asset` less the amounts of its withdrawals that have not settled yet
 /// (they still leave the wallet), floored at zero.
+/// Writes a custodian transfer row (`approved`, the reserved customer `custodian`) inside `tx`; shared by
+/// operator transfers, tier sweeps, deposit sweeps and evacuations so every such row has the same shape.
+/// (customer, idempotency key) is unique: the row id doubles as the key, one row per id.
+pub(crate) async fn insert_custodian_transfer(tx: &mut Tx, new: &NewCustodianTransfer, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO withdrawals (id, kind, customer_id, asset, chain, amount, destination, source_wallet, status, \
+         intent_hash, idempotency_key, request_hash, confirmations, lease_until_ms, next_attempt_at_ms, created_at_ms, \
+         updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, 0, $13, $14, $15)",
+    )
+    .bind(&new.id)
+    .bind(WithdrawalKind::CustodianTransfer.as_str())
+    .bind(CUSTODIAN_CUSTOMER_ID)
+    .bind(new.asset.as_str())
+    .bind(&new.chain)
+    .bind(new.amount.to_string())
+    .bind(&new.destination)
+    .bind(&new.source_wallet)
+    .bind(WithdrawalStatus::Approved.as_str())
+    .bind(&new.intent_hash)
+    .bind(&new.id)
+    .bind(&new.intent_hash)
+    .bind(now_ms)
+    .bind(now_ms)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn uncommitted_tx(tx: &mut Tx, wallet: &str, asset: &AssetCode) -> Result<Amount> {
     let account = AccountRef::wallet(wallet, asset);
     let balance = match sqlx::query("SELECT debits, credits FROM ledger_accounts WHERE account = $1")

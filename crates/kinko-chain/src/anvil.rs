@@ -24,6 +24,9 @@ pub const ANVIL_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on one helper RPC call.
 pub const ANVIL_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long [`Anvil::mined_block`] waits for a sent transaction's receipt.
+pub const MINED_WAIT: Duration = Duration::from_secs(30);
+
 pub struct Anvil {
     child: Child,
     port: u16,
@@ -162,6 +165,24 @@ impl Anvil {
             .rpc("eth_sendTransaction", json!([{"from": from, "to": to, "value": format!("{value_wei:#x}")}]))
             .await?;
         v.as_str().map(str::to_string).ok_or_else(|| io_err(format!("eth_sendTransaction: unexpected {v}")))
+    }
+
+    /// The block that mined `tx_hash`, waiting up to [`MINED_WAIT`]. Anvil mines on arrival, but under load
+    /// the hash comes back before the block is visible, so "the block number right after sending" is not
+    /// the transaction's block: ask its receipt.
+    pub async fn mined_block(&self, tx_hash: &str) -> std::io::Result<u64> {
+        let deadline = std::time::Instant::now() + MINED_WAIT;
+        loop {
+            let receipt = self.rpc("eth_getTransactionReceipt", json!([tx_hash])).await?;
+            if let Some(n) = receipt.get("blockNumber").and_then(|n| n.as_str()) {
+                return u64::from_str_radix(n.trim_start_matches("0x"), 16)
+                    .map_err(|e| io_err(format!("receipt blockNumber {n:?}: {e}")));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(io_err(format!("{tx_hash} was not mined within {MINED_WAIT:?}")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

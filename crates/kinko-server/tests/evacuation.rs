@@ -145,15 +145,7 @@ impl World {
         self.anvil.rpc("anvil_impersonateAccount", json!([HOT])).await.unwrap();
         let hash = self.anvil.send_eth(HOT, THIEF, value_wei).await.unwrap();
         self.anvil.rpc("anvil_stopImpersonatingAccount", json!([HOT])).await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let receipt = self.anvil.rpc("eth_getTransactionReceipt", json!([hash])).await.unwrap();
-            if receipt.get("blockNumber").and_then(|n| n.as_str()).is_some() {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "the external spend was never mined");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        self.anvil.mined_block(&hash).await.unwrap();
         hash.to_ascii_lowercase()
     }
 

@@ -188,16 +188,7 @@ impl World {
         self.anvil.rpc("anvil_impersonateAccount", json!([HOT])).await.unwrap();
         let hash = self.anvil.send_eth(HOT, THIEF, value_wei).await.unwrap();
         self.anvil.rpc("anvil_stopImpersonatingAccount", json!([HOT])).await.unwrap();
-        // The block comes from the receipt: under load the hash can come back before the block is visible.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let block = loop {
-            let receipt = self.anvil.rpc("eth_getTransactionReceipt", json!([hash])).await.unwrap();
-            if let Some(n) = receipt.get("blockNumber").and_then(|n| n.as_str()) {
-                break u64::from_str_radix(n.trim_start_matches("0x"), 16).unwrap();
-            }
-            assert!(std::time::Instant::now() < deadline, "the external spend was never mined");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
+        let block = self.anvil.mined_block(&hash).await.unwrap();
         (hash.to_ascii_lowercase(), block)
     }
 

@@ -34,9 +34,9 @@ fn kinko(args: &[&str], config: &std::path::Path) -> (bool, String) {
 /// An impersonated spend (the thief's transaction); returns its block.
 async fn drain(h: &Harness, from: &str, to: &str, value_wei: u128) -> u64 {
     h.anvil.rpc("anvil_impersonateAccount", json!([from])).await.unwrap();
-    h.anvil.send_eth(from, to, value_wei).await.unwrap();
+    let hash = h.anvil.send_eth(from, to, value_wei).await.unwrap();
     h.anvil.rpc("anvil_stopImpersonatingAccount", json!([from])).await.unwrap();
-    h.anvil.block_number().await.unwrap()
+    h.anvil.mined_block(&hash).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

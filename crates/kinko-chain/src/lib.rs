@@ -3,4 +3,5 @@
 pub mod anvil;
 pub mod anvil_erc20;
 pub mod anvil_safe;
+pub mod btc;
 pub mod evm;

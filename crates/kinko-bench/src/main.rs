@@ -9,6 +9,8 @@
 //! - `signer`: EIP-1559 signatures per second through the full signer path beside raw k256 signing;
 //!   with `--socket` also over the signer process's socket.
 //! - `ed25519`: Ed25519 signatures per second over the signer's socket beside OpenBao's transit engine.
+//! - `btc`: BIP84 address derivations/s beside raw BIP32 public derivation, and Bitcoin withdrawal PSBT
+//!   signatures/s through the full signer path beside raw libsecp256k1 ECDSA signing.
 //! - `login`: customer logins per second through the HTTP API beside raw argon2id verifications per second
 //!   with the same parameters.
 //!
@@ -28,6 +30,7 @@ use kinko_core::{Amount, AssetCode};
 use kinko_store::Store;
 use sqlx::Connection;
 
+mod btc;
 mod login;
 mod scan;
 mod signer;
@@ -70,6 +73,8 @@ enum Cmd {
     Ed25519(signer_ed25519::Ed25519Args),
     /// Customer logins/s through the HTTP API beside raw argon2id verifications/s (same parameters).
     Login(login::LoginArgs),
+    /// BIP84 address derivations/s beside raw BIP32, and PSBT signatures/s through the signer beside raw ECDSA.
+    Btc(btc::BtcArgs),
 }
 
 /// Concurrent posting tasks in the second PostgreSQL measurement, matching `pgbench -c 4`.
@@ -89,6 +94,7 @@ fn main() -> Result<()> {
         Cmd::Signer(args) => signer::run(args),
         Cmd::Ed25519(args) => signer_ed25519::run(args),
         Cmd::Login(args) => login::run(args),
+        Cmd::Btc(args) => btc::run(args),
     }
 }
 

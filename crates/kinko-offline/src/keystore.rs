@@ -202,10 +202,10 @@ impl Keystore {
         keystore_path.with_file_name(crate::record::RECORD_FILE)
     }
 
-    /// Checks the shares against the seal's commitments, combines them, checks the master key's fingerprint,
-    /// unwraps the seed and derives the cold key, which must be the pinned address. Everything secret is
-    /// zeroized on drop.
-    pub fn unseal(&self, shares_in: &[RawShare]) -> Result<SoftwareKey, BundleError> {
+    /// Checks the shares against the seal's commitments, combines them, checks the master key's fingerprint and
+    /// unwraps the cold seed (zeroized on drop). What every cold signature starts from: the EVM key
+    /// ([`Keystore::unseal`]) and the Bitcoin multisig cosigner key (`crate::psbt_bundle`).
+    pub fn unseal_seed(&self, shares_in: &[RawShare]) -> Result<MasterSeed, BundleError> {
         for s in shares_in {
             let Some(c) = self.seal.custodian(&s.custodian) else {
                 return Err(invalid("share", format!("custodian {:?} holds no share of this keystore", s.custodian)));
@@ -221,6 +221,14 @@ impl Keystore {
         let wrapped = crate::bundle::decode_hex("keystore.wrapped_seed_hex", &self.wrapped_seed_hex)?;
         let seed = MasterSeed::unwrap_from(&mk.wrapping_key(), &self.key_id, &wrapped)
             .map_err(|e| invalid("keystore.wrapped_seed_hex", e.to_string()))?;
+        Ok(seed)
+    }
+
+    /// Checks the shares against the seal's commitments, combines them, checks the master key's fingerprint,
+    /// unwraps the seed and derives the cold key, which must be the pinned address. Everything secret is
+    /// zeroized on drop.
+    pub fn unseal(&self, shares_in: &[RawShare]) -> Result<SoftwareKey, BundleError> {
+        let seed = self.unseal_seed(shares_in)?;
         let mut master: Xpriv = seed.to_bip32_master().map_err(key_err)?;
         let secp = Secp256k1::new();
         let path = DerivationPath::from_str(COLD_KEY_PATH).map_err(key_err)?;

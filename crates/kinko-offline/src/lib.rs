@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod keystore;
 pub mod paper;
+pub mod psbt_bundle;
 pub mod qr;
 pub mod record;
 pub mod sign;

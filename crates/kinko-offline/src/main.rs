@@ -13,6 +13,7 @@ use kinko_core::asset::{AssetKind, AssetSpec};
 use kinko_keys::shares::RawShare;
 use kinko_offline::bundle::{read_signed, read_unsigned, verify_signed, write_json_0600};
 use kinko_offline::keystore::{self, KEYSTORE_FILE, KeygenParams, Keystore};
+use kinko_offline::psbt_bundle;
 use kinko_offline::record::SignRecord;
 use kinko_offline::sign::{self, CONFIRMATION_WORD};
 use kinko_signer::approvals::LoggedChange;
@@ -102,6 +103,49 @@ enum Command {
     QrDecode {
         #[arg(long)]
         frames: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Prints this keystore's Bitcoin multisig cosigner (master fingerprint, BIP48 path m/48'/coin'/0'/2', account
+    /// xpub) as JSON, for the other cosigners and the online wallet (K15).
+    BtcCosigner {
+        #[arg(long)]
+        keystore: PathBuf,
+        /// A custodian's share file (repeat, at least the threshold).
+        #[arg(long = "share", required = true)]
+        shares: Vec<PathBuf>,
+        /// bitcoin, testnet, signet, regtest or testnet4.
+        #[arg(long)]
+        network: bitcoin::Network,
+        /// Also write the JSON to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pins the P2WSH multisig wallet this keystore cosigns for (btc-wallet.json next to the keystore; never
+    /// overwritten): the threshold, every cosigner (files written by btc-cosigner), the fee bound.
+    BtcWallet {
+        #[arg(long)]
+        keystore: PathBuf,
+        #[arg(long)]
+        network: bitcoin::Network,
+        #[arg(long)]
+        threshold: usize,
+        /// A cosigner's JSON file (repeat; this keystore's own included).
+        #[arg(long = "cosigner", required = true)]
+        cosigners: Vec<PathBuf>,
+        /// Most one transaction may pay in fees, satoshi.
+        #[arg(long)]
+        fee_sat_max: u64,
+    },
+    /// Checks a Bitcoin PSBT bundle against the keystore and the pinned wallet, shows it, asks for confirmation,
+    /// adds this cosigner's signatures.
+    SignPsbt {
+        #[arg(long)]
+        keystore: PathBuf,
+        #[arg(long = "share", required = true)]
+        shares: Vec<PathBuf>,
+        #[arg(long)]
+        bundle: PathBuf,
         #[arg(long)]
         out: PathBuf,
     },
@@ -255,6 +299,82 @@ fn sign_cmd(keystore_path: &Path, share_paths: &[PathBuf], bundle_path: &Path, o
     Ok(())
 }
 
+/// Bound on the cosigner files one `btc-wallet` takes.
+const COSIGNER_FILES_MAX: usize = kinko_keys::btc::MULTISIG_COSIGNERS_MAX;
+
+fn btc_cosigner_cmd(
+    keystore_path: &Path,
+    share_paths: &[PathBuf],
+    network: bitcoin::Network,
+    out: Option<&Path>,
+) -> Result<()> {
+    let ks = Keystore::read(keystore_path)?;
+    let shares = read_shares(share_paths)?;
+    let key = psbt_bundle::cosigner_key(&ks, &shares, network)?;
+    drop(shares);
+    let json = serde_json::to_string_pretty(&key.cosigner)?;
+    if let Some(out) = out {
+        write_json_0600(out, &key.cosigner)?;
+    }
+    println!("{json}");
+    Ok(())
+}
+
+fn btc_wallet_cmd(
+    keystore_path: &Path,
+    network: bitcoin::Network,
+    threshold: usize,
+    cosigner_paths: &[PathBuf],
+    fee_sat_max: u64,
+) -> Result<()> {
+    Keystore::read(keystore_path)?;
+    if cosigner_paths.len() > COSIGNER_FILES_MAX {
+        bail!("--cosigner given {} times, at most {COSIGNER_FILES_MAX}", cosigner_paths.len());
+    }
+    let mut cosigners = Vec::with_capacity(cosigner_paths.len());
+    for path in cosigner_paths {
+        let bytes = kinko_offline::bundle::read_bounded(path)?;
+        let c: kinko_keys::btc::Cosigner =
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is not a cosigner file", path.display()))?;
+        cosigners.push(c);
+    }
+    let pinned = psbt_bundle::PinnedBtcWallet {
+        kind: psbt_bundle::BTC_WALLET_KIND.into(),
+        network,
+        threshold,
+        cosigners,
+        fee_sat_max,
+    };
+    let wallet = pinned.wallet()?;
+    let path = psbt_bundle::PinnedBtcWallet::path_for(keystore_path);
+    pinned.write_new(&path)?;
+    println!("pinned: {}", path.display());
+    println!("receive descriptor: {}", wallet.descriptor(kinko_keys::btc::Keychain::Receive));
+    println!("first address:      {}", wallet.address(kinko_keys::btc::Keychain::Receive, 0)?);
+    Ok(())
+}
+
+fn sign_psbt_cmd(keystore_path: &Path, share_paths: &[PathBuf], bundle_path: &Path, out: &Path) -> Result<()> {
+    let mut ks = Keystore::read(keystore_path)?;
+    let pinned = psbt_bundle::PinnedBtcWallet::read(&psbt_bundle::PinnedBtcWallet::path_for(keystore_path))
+        .context("no pinned Bitcoin wallet (kinko-offline btc-wallet)")?;
+    let record_path = Keystore::record_path(keystore_path);
+    let mut record = SignRecord::read(&record_path)?;
+    let unsigned = psbt_bundle::read_unsigned_psbt(bundle_path)?;
+    let now_ms = now_ms();
+    let review = psbt_bundle::review_psbt(&ks, &record, &pinned, unsigned, now_ms).context("bundle refused")?;
+    println!("{}", review.summary);
+    if !confirmed()? {
+        bail!("not confirmed: nothing signed");
+    }
+    let shares = read_shares(share_paths)?;
+    let signed = psbt_bundle::sign_psbt(&mut ks, keystore_path, &mut record, &pinned, &review, &shares, now_ms)?;
+    drop(shares);
+    write_json_0600(out, &signed)?;
+    println!("signed: {}  txid {}", out.display(), signed.txid);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -287,6 +407,13 @@ fn main() -> Result<()> {
             println!("{} bytes reassembled into {}", bytes.len(), out.display());
             Ok(())
         }
+        Command::BtcCosigner { keystore, shares, network, out } => {
+            btc_cosigner_cmd(&keystore, &shares, network, out.as_deref())
+        }
+        Command::BtcWallet { keystore, network, threshold, cosigners, fee_sat_max } => {
+            btc_wallet_cmd(&keystore, network, threshold, &cosigners, fee_sat_max)
+        }
+        Command::SignPsbt { keystore, shares, bundle, out } => sign_psbt_cmd(&keystore, &shares, &bundle, &out),
         Command::Verify { bundle, signed } => {
             let unsigned = read_unsigned(&bundle)?;
             let signed = read_signed(&signed)?;

@@ -151,43 +151,50 @@ pub fn review(ks: &Keystore, record: &SignRecord, b: UnsignedBundle, now_ms: i64
     let tx = check_unsigned(&b, ks.fee_wei_max.base_units())?;
     let payload = decode_hex("payload_hex", &b.payload_hex)?;
 
+    let (approvers, extends_registry) = verify_approvals(ks, &b.registry_log, &b.intent, &b.approvals, now_ms)?;
+
+    let payload_sha256 = hex::encode(Sha256::digest(&payload));
+    let new_to_record = record.check(&slot_key(&ks.key_id, ks.chain_id, tx.nonce), &payload, &payload_sha256)?;
+    let mut summary = summary(&b, &tx);
+    summary.push_str(&format!("  {:<14} {}\n", "approved by", approvers.join(", ")));
+    Ok(Review { extends_registry, bundle: b, tx, payload, summary, approvers, new_to_record })
+}
+
+/// The approval checks every offline signature needs (EVM bundles and Bitcoin PSBT bundles alike): the bundle's
+/// registry log extends the pinned one and replays, and the approvals over `(Signing, intent.id, intent.hash())`
+/// reach the pinned quorum. Returns the approvers who counted and whether the log is longer than the pinned one
+/// (to be pinned after signing).
+pub fn verify_approvals(
+    ks: &Keystore,
+    registry_log: &[kinko_signer::approvals::LoggedChange],
+    intent: &kinko_core::intent::Intent,
+    approvals: &[kinko_signer::Approval],
+    now_ms: i64,
+) -> Result<(Vec<String>, bool), BundleError> {
     let pinned = ks.registry_log.len();
-    if b.registry_log.len() < pinned {
+    if registry_log.len() < pinned {
         return Err(invalid(
             "registry_log",
             format!(
                 "has {} entries, fewer than the {pinned} pinned: it does not extend the pinned log",
-                b.registry_log.len()
+                registry_log.len()
             ),
         ));
     }
     // The changes must be the pinned ones; the approvals on them and the application times are verified again
     // by the replay below (the server's copy and the signer's log carry their own application times).
-    if let Some(i) = (0..pinned).find(|&i| b.registry_log[i].change != ks.registry_log[i].change) {
+    if let Some(i) = (0..pinned).find(|&i| registry_log[i].change != ks.registry_log[i].change) {
         return Err(invalid("registry_log", format!("entry {i} differs from the pinned log: it does not extend it")));
     }
-    let registry = OperatorRegistry::replay(&b.registry_log, now_ms)
+    let registry = OperatorRegistry::replay(registry_log, now_ms)
         .map_err(|e| invalid("registry_log", format!("does not verify: {e}")))?;
 
-    let subject = ApprovalSubject::new(Process::Signing, &b.intent.id, b.intent.hash())
+    let subject = ApprovalSubject::new(Process::Signing, &intent.id, intent.hash())
         .map_err(|e| invalid("intent.id", e.to_string()))?;
     let verified =
-        verify_quorum(&registry, &subject, &b.approvals, QuorumPolicy::AtLeast(ks.quorum), OFFLINE_REQUESTER, now_ms)
+        verify_quorum(&registry, &subject, approvals, QuorumPolicy::AtLeast(ks.quorum), OFFLINE_REQUESTER, now_ms)
             .map_err(|e| invalid("approvals", e.to_string()))?;
-
-    let payload_sha256 = hex::encode(Sha256::digest(&payload));
-    let new_to_record = record.check(&slot_key(&ks.key_id, ks.chain_id, tx.nonce), &payload, &payload_sha256)?;
-    let mut summary = summary(&b, &tx);
-    summary.push_str(&format!("  {:<14} {}\n", "approved by", verified.approvers.join(", ")));
-    Ok(Review {
-        extends_registry: b.registry_log.len() > pinned,
-        bundle: b,
-        tx,
-        payload,
-        summary,
-        approvers: verified.approvers,
-        new_to_record,
-    })
+    Ok((verified.approvers, registry_log.len() > pinned))
 }
 
 /// Signs a reviewed bundle: unseals the cold key with `shares`, signs keccak256(payload) low-S, checks the

@@ -322,7 +322,9 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
                 None => None,
             };
             let quorum = config.signer.signing_quorum().map_err(|e| AppError::Keys(e.to_string()))?;
-            let local = unseal_in_process(&store, dev, policy, pkcs11.as_ref(), quorum).await?;
+            // Bitcoin (issue 9): the keys `[signer.bitcoin]` names, as the signer process derives them.
+            let btc = config.signer.bitcoin_keys().map_err(|e| AppError::Keys(e.to_string()))?;
+            let local = unseal_in_process(&store, dev, policy, pkcs11.as_ref(), quorum, btc.as_ref()).await?;
             // K22: the in-process signer's token map comes from the configuration, as the signer process's does.
             local.set_evm_policy(
                 config.ethereum.chain_id,
@@ -402,6 +404,13 @@ pub async fn start_with(config: Config, dev: Option<&DevUnseal>) -> Result<Runni
         watcher_audit,
         shutdown_rx.clone(),
     )));
+    // Issue 9 (M5, M6, C2, C5): Bitcoin deposits, when `[bitcoin]` is configured (see btc_watcher::serve_task).
+    if let Some(btc) = &config.bitcoin {
+        let audit = crate::audit::AuditSink::from_config(store.clone(), &config);
+        let task = crate::btc_watcher::serve_task(store.clone(), btc, audit, shutdown_rx.clone())
+            .map_err(|e| AppError::Keys(e.to_string()))?;
+        tasks.push(tokio::spawn(task));
+    }
 
     let settings = PipelineSettings {
         chain: ETH_CHAIN.into(),
@@ -522,6 +531,7 @@ async fn unseal_in_process(
     routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
     pkcs11: Option<&kinko_signer::pkcs11::Pkcs11Login>,
     quorum: kinko_signer::approvals::SigningQuorum,
+    btc: Option<&kinko_signer::seal::BtcKeysConfig>,
 ) -> Result<LocalSigner, AppError> {
     let keys = |e: &dyn std::fmt::Display| AppError::Keys(e.to_string());
     let mut seal = SealState::load(store).await.map_err(|e| keys(&e))?;
@@ -529,7 +539,7 @@ async fn unseal_in_process(
         SubmitOutcome::Unsealed(mk) => {
             let journal = Arc::new(kinko_signer::store_journal::StoreJournal(store.clone()));
             let hot = [HOT_KEY_ID.to_string()];
-            let signer = kinko_signer::seal::unlock_signer_with(store, &mk, journal, &hot, routine_policy, pkcs11)
+            let signer = kinko_signer::seal::unlock_signer_full(store, &mk, journal, &hot, routine_policy, pkcs11, btc)
                 .await
                 .map_err(|e| keys(&e))?;
             // The same registry log and quorum rules as the signer process: approvals are verified here too.

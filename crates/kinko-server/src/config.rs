@@ -80,6 +80,9 @@ pub struct Config {
     /// [`crate::sweeper::SweepConfig`]. Default: off.
     #[serde(default)]
     pub sweep: crate::sweeper::SweepConfig,
+    /// `[bitcoin]`: Bitcoin deposits (issue 9); see [`BitcoinConfig`]. Default: none (Bitcoin off, no BTC asset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitcoin: Option<BitcoinConfig>,
 }
 
 /// `[customer_auth]`: customer second factors (U2). The WebAuthn relying party is the site customers
@@ -160,6 +163,99 @@ pub struct SignerConfig {
     /// configuration. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub safes: Vec<SafeEntry>,
+    /// `[signer.bitcoin]`: the Bitcoin keys the signer derives from the master seed when it unseals (issue 9):
+    /// the BIP84 hot account and, optionally, its cosigner key of the pinned multisig cold wallet. Read by the
+    /// signer from its own configuration. Default: none (Bitcoin requests are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitcoin: Option<SignerBitcoinConfig>,
+}
+
+/// `[signer.bitcoin]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignerBitcoinConfig {
+    /// `bitcoin` (mainnet), `testnet`, `testnet4`, `signet` or `regtest` (rust-bitcoin's names).
+    pub network: String,
+    /// Key id of the BIP84 account `m/84'/<coin>'/0'` (withdrawal PSBTs are signed for it), e.g. `btc-hot`.
+    pub key_id: String,
+    /// The most one withdrawal may pay in fees, satoshi. Default 1000000 (0.01 BTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee_cap_sat: Option<u64>,
+    /// Key id of this signer's cosigner key (BIP48 `m/48'/<coin>'/0'/2'`) of the multisig cold wallet (K15).
+    /// Set together with `multisig_wallet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multisig_key_id: Option<String>,
+    /// The pinned multisig wallet, the JSON file `kinko-offline btc-wallet` wrote (`btc-wallet.json`: network,
+    /// threshold, cosigners, `fee_sat_max`, which is also this cosigner's fee cap). Set together with
+    /// `multisig_key_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multisig_wallet: Option<PathBuf>,
+}
+
+/// Most bytes of a key id in `[signer.bitcoin]` (as for `[[signer.safes]]`).
+const SIGNER_KEY_ID_BYTES_MAX: usize = 64;
+
+impl SignerBitcoinConfig {
+    /// The validated keys for the signer; errors name the key (`signer.bitcoin.network: …`).
+    pub fn keys(&self) -> Result<kinko_signer::seal::BtcKeysConfig, ConfigError> {
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        let network = self.network.parse::<bitcoin::Network>().map_err(|_| {
+            invalid(
+                "signer.bitcoin.network",
+                format!("{:?} is not one of bitcoin, testnet, testnet4, signet, regtest", self.network),
+            )
+        })?;
+        let key_id_ok = |id: &str| !id.is_empty() && id.len() <= SIGNER_KEY_ID_BYTES_MAX;
+        if !key_id_ok(&self.key_id) {
+            return Err(invalid("signer.bitcoin.key_id", format!("must be 1 to {SIGNER_KEY_ID_BYTES_MAX} bytes")));
+        }
+        let fee_cap_sat = self.fee_cap_sat.unwrap_or(kinko_signer::btc::BTC_FEE_CAP_SAT_DEFAULT);
+        if fee_cap_sat == 0 || bitcoin::Amount::from_sat(fee_cap_sat) > bitcoin::Amount::MAX_MONEY {
+            return Err(invalid(
+                "signer.bitcoin.fee_cap_sat",
+                format!("{fee_cap_sat} is not between 1 sat and 21 000 000 BTC"),
+            ));
+        }
+        let cosigner = match (&self.multisig_key_id, &self.multisig_wallet) {
+            (None, None) => None,
+            (Some(key_id), Some(path)) => {
+                if !key_id_ok(key_id) {
+                    return Err(invalid(
+                        "signer.bitcoin.multisig_key_id",
+                        format!("must be 1 to {SIGNER_KEY_ID_BYTES_MAX} bytes"),
+                    ));
+                }
+                if *key_id == self.key_id {
+                    return Err(invalid(
+                        "signer.bitcoin.multisig_key_id",
+                        "must differ from signer.bitcoin.key_id (one key id, one key)".into(),
+                    ));
+                }
+                let wallet_err =
+                    |reason: String| invalid("signer.bitcoin.multisig_wallet", format!("{}: {reason}", path.display()));
+                let bytes = std::fs::read(path).map_err(|e| wallet_err(e.to_string()))?;
+                let (wallet, fee_cap_sat) = kinko_signer::btc_multisig::PinnedWalletFile::parse(&bytes)
+                    .map_err(|e| wallet_err(e.to_string()))?;
+                if wallet.network != network {
+                    return Err(wallet_err(format!(
+                        "the wallet is for {}, signer.bitcoin.network is {network}",
+                        wallet.network
+                    )));
+                }
+                if fee_cap_sat == 0 {
+                    return Err(wallet_err("fee_sat_max is 0: nothing could be signed".into()));
+                }
+                Some(kinko_signer::seal::BtcCosignerConfig { key_id: key_id.clone(), wallet, fee_cap_sat })
+            }
+            _ => {
+                return Err(invalid(
+                    "signer.bitcoin.multisig_wallet",
+                    "multisig_key_id and multisig_wallet are set together or not at all".into(),
+                ));
+            }
+        };
+        Ok(kinko_signer::seal::BtcKeysConfig { network, key_id: self.key_id.clone(), fee_cap_sat, cosigner })
+    }
 }
 
 /// One `[[signer.safes]]` entry.
@@ -173,6 +269,11 @@ pub struct SafeEntry {
 }
 
 impl SignerConfig {
+    /// `[signer.bitcoin]` validated (the pinned multisig wallet read and checked), or `None` without it.
+    pub fn bitcoin_keys(&self) -> Result<Option<kinko_signer::seal::BtcKeysConfig>, ConfigError> {
+        self.bitcoin.as_ref().map(SignerBitcoinConfig::keys).transpose()
+    }
+
     /// `[[signer.safes]]` as `(key id, chain id, address)`, validated; errors name the entry.
     pub fn safes_on(&self, chain_id: u64) -> Result<Vec<(String, u64, alloy_primitives::Address)>, ConfigError> {
         self.safes
@@ -206,6 +307,7 @@ impl Default for SignerConfig {
             cold_wallets: Vec::new(),
             deposit_top_up_cap_wei: None,
             safes: Vec::new(),
+            bitcoin: None,
         }
     }
 }
@@ -453,6 +555,8 @@ impl Config {
             wallet_tiers: Vec::new(),
             // Off in dev: it would move the deposits the walkthrough and tests check on the deposit addresses.
             sweep: crate::sweeper::SweepConfig::default(),
+            // Off in dev: there is no Bitcoin node in the quick start.
+            bitcoin: None,
         }
     }
 
@@ -539,6 +643,7 @@ impl Config {
         self.onboarding.validate()?;
         crate::tiers::tiers_from_config(&self.wallet_tiers)?;
         self.sweep.validate()?;
+        self.bitcoin.as_ref().map(BitcoinConfig::validate).transpose()?;
         for (i, a) in self.signer.cold_wallets.iter().enumerate() {
             kinko_chain::evm::address::parse_address(a).map_err(|e| ConfigError::Invalid {
                 field: "signer.cold_wallets",
@@ -557,6 +662,161 @@ impl Config {
                 return invalid("signer.pkcs11.pin_env", "must name an environment variable (A-Z, 0-9, _)");
             }
         }
+        Ok(())
+    }
+}
+
+/// Bounds on `[bitcoin] poll_interval_ms`: faster than a block interval is pointless below this, and a
+/// watcher slower than this would leave deposits waiting noticeably longer than the confirmations do.
+pub const BTC_POLL_MS_MIN: u64 = 100;
+pub const BTC_POLL_MS_MAX: u64 = 600_000;
+/// Default confirmations before a Bitcoin deposit is credited (C2): 6 on real networks (the common custodial
+/// depth), 3 on regtest where blocks are mined on demand.
+pub const BTC_CONFIRMATIONS_DEFAULT: u64 = 6;
+pub const BTC_CONFIRMATIONS_DEFAULT_REGTEST: u64 = 3;
+/// Depth of a BIP84 account xpub (`m/84'/<coin>'/0'`): anything else is not the account the signer exported.
+const BIP84_ACCOUNT_DEPTH: u8 = 3;
+
+/// `[bitcoin]`: Bitcoin deposits (issue 9; M5, M6, C2, C5). Absent: Bitcoin is off (no BTC asset, no watcher).
+/// The server holds only the account's xpub (K6): customers' deposit addresses are derived from it; the
+/// private keys stay with the signer (`[signer.bitcoin]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BitcoinConfig {
+    /// `bitcoin` (mainnet), `testnet`, `testnet4`, `signet` or `regtest` (rust-bitcoin's names).
+    pub network: String,
+    /// Bitcoin Core's JSON-RPC endpoint, e.g. `http://127.0.0.1:8332/` (no credentials in the URL).
+    pub rpc_url: String,
+    /// Core's `rpcuser`; set together with `rpc_password_file`. Default: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_user: Option<String>,
+    /// File holding Core's `rpcpassword` (one line; mode 0600 — a file group or others may read is refused).
+    /// The password itself is never in this file's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_password_file: Option<PathBuf>,
+    /// The BIP84 account xpub `m/84'/<coin>'/0'` as the signer side exported it (`xpub…`/`tpub…`).
+    pub account_xpub: String,
+    /// The master key's fingerprint, 8 hex digits (PSBTs name keys by it).
+    pub master_fingerprint: String,
+    /// Confirmations before a deposit is credited (C2), 1 to 256 (the re-org window). Default 3 on regtest,
+    /// 6 otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<u64>,
+    /// How often the watcher asks the node for new blocks, 100 to 600000 ms. Default 5000.
+    #[serde(default = "default_btc_poll_ms")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_btc_poll_ms() -> u64 {
+    5_000
+}
+
+impl BitcoinConfig {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { field, reason: reason.into() }
+    }
+
+    pub fn network(&self) -> Result<bitcoin::Network, ConfigError> {
+        self.network.parse::<bitcoin::Network>().map_err(|_| {
+            Self::invalid(
+                "bitcoin.network",
+                format!("{:?} is not one of bitcoin, testnet, testnet4, signet, regtest", self.network),
+            )
+        })
+    }
+
+    /// The watched account (xpub only), checked against `network`: an xpub of another network would hand out
+    /// addresses nobody watches for on this one.
+    pub fn account(&self) -> Result<kinko_keys::btc::Bip84Account, ConfigError> {
+        use std::str::FromStr as _;
+        let network = self.network()?;
+        bitcoin::bip32::Fingerprint::from_str(&self.master_fingerprint).map_err(|_| {
+            Self::invalid("bitcoin.master_fingerprint", "must be 8 hex digits (the master key's fingerprint)")
+        })?;
+        let xpub = bitcoin::bip32::Xpub::from_str(&self.account_xpub)
+            .map_err(|e| Self::invalid("bitcoin.account_xpub", format!("not an extended public key: {e}")))?;
+        if xpub.network != bitcoin::NetworkKind::from(network) {
+            return Err(Self::invalid(
+                "bitcoin.account_xpub",
+                format!("is a {:?} key but bitcoin.network is {network}", xpub.network),
+            ));
+        }
+        if xpub.depth != BIP84_ACCOUNT_DEPTH {
+            return Err(Self::invalid(
+                "bitcoin.account_xpub",
+                format!("has depth {}; a BIP84 account key m/84'/<coin>'/0' has depth 3", xpub.depth),
+            ));
+        }
+        kinko_keys::btc::Bip84Account::from_exported(&self.master_fingerprint, &self.account_xpub, network)
+            .map_err(|e| Self::invalid("bitcoin.account_xpub", e.to_string()))
+    }
+
+    /// The configured confirmations or the network's default.
+    pub fn confirmations(&self) -> Result<u64, ConfigError> {
+        let default = if self.network()? == bitcoin::Network::Regtest {
+            BTC_CONFIRMATIONS_DEFAULT_REGTEST
+        } else {
+            BTC_CONFIRMATIONS_DEFAULT
+        };
+        let n = self.confirmations.unwrap_or(default);
+        if n == 0 || n > kinko_core::reorg::REORG_DEPTH_MAX {
+            return Err(Self::invalid("bitcoin.confirmations", "must be between 1 and the re-org window (256)"));
+        }
+        Ok(n)
+    }
+
+    /// The node's credentials, the password read from `rpc_password_file` now (a file group or others may
+    /// read is refused, as for the audit key).
+    pub fn rpc_auth(&self) -> Result<Option<kinko_chain::btc::rpc::BtcRpcAuth>, ConfigError> {
+        let (user, path) = match (&self.rpc_user, &self.rpc_password_file) {
+            (None, None) => return Ok(None),
+            (Some(user), Some(path)) => (user, path),
+            _ => {
+                return Err(Self::invalid(
+                    "bitcoin.rpc_password_file",
+                    "rpc_user and rpc_password_file are set together or not at all",
+                ));
+            }
+        };
+        if user.is_empty() || user.contains(':') {
+            return Err(Self::invalid("bitcoin.rpc_user", "must be non-empty and contain no ':' (HTTP basic auth)"));
+        }
+        let file_err =
+            |reason: String| Self::invalid("bitcoin.rpc_password_file", format!("{}: {reason}", path.display()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(file_err(format!("mode {:o} lets group or others read it; chmod 600", mode & 0o777)));
+            }
+        }
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?);
+        // One line; the newline an editor or `echo` adds is not part of the password.
+        let password = text.trim_end_matches(['\r', '\n']);
+        if password.is_empty() || password.contains(['\r', '\n']) {
+            return Err(file_err("must hold the password on one non-empty line".into()));
+        }
+        Ok(Some(kinko_chain::btc::rpc::BtcRpcAuth {
+            user: user.clone(),
+            password: secrecy::SecretString::from(password.to_string()),
+        }))
+    }
+
+    /// The node's client (no request made).
+    pub fn rpc(&self) -> Result<kinko_chain::btc::rpc::BtcRpc, ConfigError> {
+        let auth = self.rpc_auth()?;
+        kinko_chain::btc::rpc::BtcRpc::new(&self.rpc_url, auth)
+            .map_err(|e| Self::invalid("bitcoin.rpc_url", e.to_string()))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.account()?;
+        self.confirmations()?;
+        if !(BTC_POLL_MS_MIN..=BTC_POLL_MS_MAX).contains(&self.poll_interval_ms) {
+            return Err(Self::invalid("bitcoin.poll_interval_ms", "must be between 100 and 600000"));
+        }
+        self.rpc()?;
         Ok(())
     }
 }
@@ -643,5 +903,70 @@ mod tests {
         let text = toml::to_string(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// Issue 9: `[signer.bitcoin]` parses from TOML into the keys the signer derives at unseal; every mistake
+    /// is refused naming the key.
+    #[test]
+    fn k20_signer_bitcoin_keys_parse_and_mistakes_name_the_key() {
+        use bitcoin::Network;
+        let c = Config::dev_default("/tmp/x".into(), "127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:8545".into());
+        assert_eq!(c.signer.bitcoin_keys().unwrap(), None, "no [signer.bitcoin]: no Bitcoin keys");
+        // A directory of this test's own (no tempfile dependency here): removed at the end.
+        let dir = std::env::temp_dir().join(format!("kinko-config-btc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wallet_path = dir.join("btc-wallet.json");
+        let cosigners: Vec<kinko_keys::btc::Cosigner> = [1u8, 2, 3]
+            .map(|s| {
+                let master = kinko_keys::hd::master_from_seed(&[s; 32]).unwrap();
+                kinko_keys::btc::Cosigner::from_master(&master, Network::Regtest).unwrap()
+            })
+            .to_vec();
+        let file = kinko_signer::btc_multisig::PinnedWalletFile {
+            kind: kinko_signer::btc_multisig::PINNED_WALLET_KIND.into(),
+            network: Network::Regtest,
+            threshold: 2,
+            cosigners,
+            fee_sat_max: 50_000,
+        };
+        std::fs::write(&wallet_path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let text = format!(
+            "{}\n[signer.bitcoin]\nnetwork = \"regtest\"\nkey_id = \"btc-hot\"\nmultisig_key_id = \"btc-cold\"\nmultisig_wallet = {:?}\n",
+            toml::to_string(&c).unwrap(),
+            wallet_path.display().to_string()
+        );
+        let back: Config = toml::from_str(&text).unwrap();
+        let keys = back.signer.bitcoin_keys().unwrap().unwrap();
+        assert_eq!((keys.network, keys.key_id.as_str()), (Network::Regtest, "btc-hot"));
+        assert_eq!(keys.fee_cap_sat, kinko_signer::btc::BTC_FEE_CAP_SAT_DEFAULT);
+        let cosigner = keys.cosigner.unwrap();
+        assert_eq!(
+            (cosigner.key_id.as_str(), cosigner.fee_cap_sat, cosigner.wallet.threshold),
+            ("btc-cold", 50_000, 2)
+        );
+
+        let base = back.signer.bitcoin.clone().unwrap();
+        let refused = |b: SignerBitcoinConfig| match b.keys() {
+            Err(ConfigError::Invalid { field, reason }) => format!("{field}: {reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let e = refused(SignerBitcoinConfig { network: "mainnet".into(), ..base.clone() });
+        assert!(e.starts_with("signer.bitcoin.network"), "{e}");
+        let e = refused(SignerBitcoinConfig { key_id: String::new(), ..base.clone() });
+        assert!(e.starts_with("signer.bitcoin.key_id"), "{e}");
+        let e = refused(SignerBitcoinConfig { fee_cap_sat: Some(0), ..base.clone() });
+        assert!(e.starts_with("signer.bitcoin.fee_cap_sat"), "{e}");
+        let e = refused(SignerBitcoinConfig { multisig_wallet: None, ..base.clone() });
+        assert!(e.starts_with("signer.bitcoin.multisig_wallet") && e.contains("together"), "{e}");
+        let e = refused(SignerBitcoinConfig { multisig_key_id: Some("btc-hot".into()), ..base.clone() });
+        assert!(e.starts_with("signer.bitcoin.multisig_key_id"), "{e}");
+        let e = refused(SignerBitcoinConfig { network: "signet".into(), ..base.clone() });
+        assert!(e.starts_with("signer.bitcoin.multisig_wallet") && e.contains("regtest"), "{e}");
+        let e = refused(SignerBitcoinConfig { multisig_wallet: Some(dir.join("missing.json")), ..base.clone() });
+        assert!(e.starts_with("signer.bitcoin.multisig_wallet") && e.contains("missing.json"), "{e}");
+        std::fs::write(&wallet_path, b"{\"kind\":\"other\"}").unwrap();
+        let e = refused(base);
+        assert!(e.starts_with("signer.bitcoin.multisig_wallet"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,6 +5,7 @@ pub mod aml;
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod btc_watcher;
 pub mod clock;
 pub mod cold;
 pub mod config;

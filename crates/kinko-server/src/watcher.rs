@@ -356,6 +356,28 @@ impl DepositWatcher {
     }
 }
 
+/// One scan of a deposit watcher, as the shared poll loop ([`poll_deposits`]) sees it: what it credited and
+/// reversed (to be recorded in the audit trail), whether it stopped at its batch bound (go again without
+/// sleeping), or why it failed.
+pub(crate) struct ScanOutcome {
+    pub(crate) credited: Vec<String>,
+    pub(crate) reversed: Vec<String>,
+    pub(crate) full_batch: bool,
+}
+
+pub(crate) enum ScanFailure {
+    /// A re-org deeper than the window: nothing more is credited until an operator intervenes.
+    Halted(String),
+    /// Anything else (node or store unavailable): retried next poll from the stored window.
+    Retry(String),
+}
+
+/// A deposit watcher the shared poll loop drives (ETH and tokens, Bitcoin).
+pub(crate) trait PollingWatcher {
+    fn chain(&self) -> &str;
+    fn scan_once(&mut self, now_ms: i64) -> impl std::future::Future<Output = Result<ScanOutcome, ScanFailure>> + Send;
+}
+
 /// Polls until `shutdown` turns true. Errors are logged and retried next cycle; a re-org deeper than
 /// the window keeps failing (and logging) until an operator intervenes, so nothing is credited on a
 /// chain kinko cannot verify.
@@ -363,15 +385,12 @@ impl DepositWatcher {
 /// Each credit and reversal is recorded in the audit trail (L2, L6) after the scan that committed it; while
 /// any is not recorded (the trail is unavailable) the watcher scans nothing more, so no further deposit is
 /// credited without its record.
-pub async fn run_deposit_watcher(
-    store: Store,
-    rpc: EvmRpc,
-    cfg: WatcherConfig,
+pub(crate) async fn poll_deposits(
+    watcher: &mut impl PollingWatcher,
+    poll: Duration,
     audit: crate::audit::AuditSink,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let poll = cfg.poll_interval;
-    let mut watcher = DepositWatcher::new(cfg);
     let mut unrecorded: Vec<(&'static str, String)> = Vec::new();
     loop {
         if *shutdown.borrow() {
@@ -384,25 +403,64 @@ pub async fn run_deposit_watcher(
             }
             continue;
         }
-        match watcher.scan(&store, &rpc, crate::clock::now_ms()).await {
+        match watcher.scan_once(crate::clock::now_ms()).await {
             Ok(r) => {
-                unrecorded.extend(r.deposits_credited.iter().map(|id| ("system.credit", id.clone())));
-                unrecorded.extend(r.deposits_reversed.iter().map(|id| ("system.credit_reversed", id.clone())));
+                unrecorded.extend(r.credited.into_iter().map(|id| ("system.credit", id)));
+                unrecorded.extend(r.reversed.into_iter().map(|id| ("system.credit_reversed", id)));
                 // A full batch means we are behind: go again without sleeping.
-                if r.blocks_scanned >= BLOCKS_PER_SCAN_MAX {
+                if r.full_batch {
                     continue;
                 }
             }
-            Err(e @ WatcherError::ReorgTooDeep { .. }) => {
-                tracing::error!(chain = %watcher.cfg.chain, error = %e, "deposit watcher halted: operator action needed");
+            Err(ScanFailure::Halted(e)) => {
+                tracing::error!(chain = %watcher.chain(), error = %e, "deposit watcher halted: operator action needed");
             }
-            Err(e) => tracing::warn!(chain = %watcher.cfg.chain, error = %e, "deposit scan failed; retrying"),
+            Err(ScanFailure::Retry(e)) => {
+                tracing::warn!(chain = %watcher.chain(), error = %e, "deposit scan failed; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
             _ = shutdown.changed() => {}
         }
     }
+}
+
+struct EthPolling {
+    watcher: DepositWatcher,
+    store: Store,
+    rpc: EvmRpc,
+}
+
+impl PollingWatcher for EthPolling {
+    fn chain(&self) -> &str {
+        &self.watcher.cfg.chain
+    }
+
+    async fn scan_once(&mut self, now_ms: i64) -> Result<ScanOutcome, ScanFailure> {
+        match self.watcher.scan(&self.store, &self.rpc, now_ms).await {
+            Ok(r) => Ok(ScanOutcome {
+                full_batch: r.blocks_scanned >= BLOCKS_PER_SCAN_MAX,
+                credited: r.deposits_credited,
+                reversed: r.deposits_reversed,
+            }),
+            Err(e @ WatcherError::ReorgTooDeep { .. }) => Err(ScanFailure::Halted(e.to_string())),
+            Err(e) => Err(ScanFailure::Retry(e.to_string())),
+        }
+    }
+}
+
+/// The ETH (and token) deposit watcher's task: [`poll_deposits`] over [`DepositWatcher::scan`].
+pub async fn run_deposit_watcher(
+    store: Store,
+    rpc: EvmRpc,
+    cfg: WatcherConfig,
+    audit: crate::audit::AuditSink,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let poll = cfg.poll_interval;
+    let mut polling = EthPolling { watcher: DepositWatcher::new(cfg), store, rpc };
+    poll_deposits(&mut polling, poll, audit, shutdown).await;
 }
 
 #[cfg(test)]

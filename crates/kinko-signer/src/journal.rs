@@ -23,6 +23,11 @@ impl SlotKey {
     pub fn evm(key_id: &str, chain_id: u64, nonce: u64) -> SlotKey {
         SlotKey { key_id: key_id.to_string(), chain: format!("evm:{chain_id}"), slot: nonce.to_string() }
     }
+
+    /// One spent Bitcoin outpoint: chain `btc:<network>` (rust-bitcoin's network name), slot `<txid>:<vout>`.
+    pub fn btc(key_id: &str, network: bitcoin::Network, outpoint: &bitcoin::OutPoint) -> SlotKey {
+        SlotKey { key_id: key_id.to_string(), chain: format!("btc:{network}"), slot: outpoint.to_string() }
+    }
 }
 
 /// One payload signed for a slot. The payload itself is kept so the signer can judge a later fee bump

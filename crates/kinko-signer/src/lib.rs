@@ -14,6 +14,8 @@
 
 pub mod approvals;
 pub mod backend;
+pub mod btc;
+pub mod btc_multisig;
 #[cfg(feature = "online")]
 pub mod ed25519;
 pub mod evacuation;
@@ -127,6 +129,32 @@ pub trait Signer: Send + Sync {
     fn sign_safe_tx<'a>(&'a self, req: &'a safe::SafeSignRequest) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
         let _ = req;
         Box::pin(async { Err(SignerError::Refused("this signer does not sign Safe transactions".into())) })
+    }
+
+    /// Signs one Bitcoin withdrawal PSBT with the signer's BIP84 account (K20, C4, C5). The signer decodes
+    /// the PSBT itself and checks it against the intent ([`btc::check_psbt_against_intent`]: payment,
+    /// change only to its own `xpub/1/i`, fee cap), signs only inputs it re-derives as its own, records every
+    /// spent outpoint in the anti-double-sign record (`btc:<network>`, `txid:vout`; a fee bump of the same
+    /// intent is the one thing allowed on an outpoint already signed), finalizes and verifies the transaction
+    /// with libbitcoinconsensus before returning it. Approvals, freezes and the key access log as for
+    /// [`Signer::sign_evm`]. Signers that hold no Bitcoin account refuse.
+    fn sign_btc_psbt<'a>(&'a self, req: &'a btc::BtcSignRequest) -> BoxFuture<'a, Result<btc::BtcSigned, SignerError>> {
+        let _ = req;
+        Box::pin(async { Err(SignerError::Refused("this signer does not sign Bitcoin transactions".into())) })
+    }
+
+    /// Adds this signer's cosignature to a PSBT spending the pinned k-of-n P2WSH multisig cold wallet (K15,
+    /// K20): [`btc_multisig::cosign`] (the PSBT against the intent, inputs and change re-derived from the
+    /// pinned cosigners, every signature already present verified, then one signature per input with the
+    /// signer's BIP48 account), with the gates, approvals, anti-double-sign record per spent outpoint (the
+    /// same fee-bump exception) and key access log (`cosign_btc`) of [`Signer::sign_btc_psbt`]. Returns the
+    /// partially signed PSBT; finalizing needs the other cosigners'. Signers without a cosigner key refuse.
+    fn cosign_btc_multisig_psbt<'a>(
+        &'a self,
+        req: &'a btc::BtcSignRequest,
+    ) -> BoxFuture<'a, Result<btc_multisig::BtcCosigned, SignerError>> {
+        let _ = req;
+        Box::pin(async { Err(SignerError::Refused("this signer holds no Bitcoin multisig cosigner key".into())) })
     }
 
     /// Verifies every signature on a registry change against the signer's own registry, applies the

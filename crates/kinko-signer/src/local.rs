@@ -182,6 +182,12 @@ pub struct LocalSigner {
     /// lower-case 0x-hex): a custodian transfer to one of these needs no operator approval, whatever its
     /// amount, because the money stays the custodian's. A compromised server cannot add an address here.
     cold_wallets: RwLock<std::collections::HashSet<String>>,
+    /// Bitcoin BIP84 accounts by key id (issue 9, [`crate::btc`]): the account's extended private key, set at
+    /// unseal from the master seed, dropped (erased) at seal.
+    btc: RwLock<HashMap<String, Arc<crate::btc::BtcAccountKey>>>,
+    /// Multisig cosigner keys by key id (K15, [`crate::btc_multisig`]): a BIP48 account key with the pinned
+    /// wallet it cosigns for, set at unseal from the master seed, dropped (erased) at seal.
+    btc_cosigners: RwLock<HashMap<String, Arc<BtcCosignerHold>>>,
 }
 
 /// Key ids and addresses only; never key material.
@@ -227,6 +233,8 @@ impl LocalSigner {
             deposit: RwLock::new(None),
             safes: RwLock::new(HashMap::new()),
             cold_wallets: RwLock::new(std::collections::HashSet::new()),
+            btc: RwLock::new(HashMap::new()),
+            btc_cosigners: RwLock::new(HashMap::new()),
         }
     }
 
@@ -514,6 +522,14 @@ impl LocalSigner {
             Ok(mut d) => *d = None,
             Err(p) => *p.into_inner() = None,
         }
+        match self.btc.write() {
+            Ok(mut b) => b.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
+        match self.btc_cosigners.write() {
+            Ok(mut b) => b.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -743,6 +759,307 @@ impl LocalSigner {
     }
 }
 
+/// A multisig cosigner key as the signer holds it (K15): its BIP48 account key, the pinned wallet it
+/// cosigns for and the fee bound it signs under.
+struct BtcCosignerHold {
+    key: crate::btc_multisig::CosignerKey,
+    wallet: kinko_keys::btc::MultisigWallet,
+    fee_cap_sat: u64,
+}
+
+impl LocalSigner {
+    /// Holds the BIP84 account of `master` for `network` under `key_id` (Bitcoin, issue 9): the account key
+    /// `m/84'/<coin>'/0'` is derived and kept, the master is not. Returns the account (fingerprint, path,
+    /// xpub) for the online side. Another account under a used id is refused.
+    pub fn set_btc_account(
+        &self,
+        key_id: &str,
+        master: &bitcoin::bip32::Xpriv,
+        network: bitcoin::Network,
+        fee_cap_sat: u64,
+    ) -> Result<kinko_keys::btc::Bip84Account, SignerError> {
+        if self.is_sealed() {
+            return Err(SignerError::Sealed);
+        }
+        let key = crate::btc::BtcAccountKey::from_master(master, network, fee_cap_sat)?;
+        let account = key.account().clone();
+        let mut btc = self.btc.write().map_err(|_| poisoned())?;
+        if let Some(existing) = btc.get(key_id)
+            && existing.account() != &account
+        {
+            return Err(SignerError::Refused(format!("key id {key_id:?} already holds another Bitcoin account")));
+        }
+        btc.insert(key_id.to_string(), Arc::new(key));
+        Ok(account)
+    }
+
+    /// Holds the BIP48 P2WSH account of `master` as the online cosigner `key_id` of the pinned multisig
+    /// `wallet` (K15), signing under `fee_cap_sat`. Refused when that account is not one of the wallet's
+    /// cosigners (the wallet was pinned for other keys) or when `key_id` already holds another cosigner or
+    /// wallet. Returns the cosigner (fingerprint, path, xpub).
+    pub fn set_btc_cosigner(
+        &self,
+        key_id: &str,
+        master: &bitcoin::bip32::Xpriv,
+        wallet: kinko_keys::btc::MultisigWallet,
+        fee_cap_sat: u64,
+    ) -> Result<kinko_keys::btc::Cosigner, SignerError> {
+        if self.is_sealed() {
+            return Err(SignerError::Sealed);
+        }
+        let key = crate::btc_multisig::CosignerKey::from_master(master, wallet.network)?;
+        let cosigner = key.cosigner.clone();
+        if !wallet.cosigners.contains(&cosigner) {
+            return Err(SignerError::Refused(format!(
+                "key {key_id:?}: the signer's BIP48 account {} ({}) is not a cosigner of the pinned multisig wallet",
+                cosigner.xpub, cosigner.master_fingerprint
+            )));
+        }
+        let mut held = self.btc_cosigners.write().map_err(|_| poisoned())?;
+        if let Some(existing) = held.get(key_id)
+            && (existing.key.cosigner != cosigner || existing.wallet != wallet)
+        {
+            return Err(SignerError::Refused(format!(
+                "key id {key_id:?} already holds another multisig cosigner or wallet"
+            )));
+        }
+        held.insert(key_id.to_string(), Arc::new(BtcCosignerHold { key, wallet, fee_cap_sat }));
+        Ok(cosigner)
+    }
+
+    fn btc_key(&self, key_id: &str) -> Result<Arc<crate::btc::BtcAccountKey>, SignerError> {
+        if self.is_sealed() {
+            return Err(SignerError::Sealed);
+        }
+        self.btc
+            .read()
+            .map_err(|_| poisoned())?
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| SignerError::UnknownKey(key_id.to_string()))
+    }
+
+    fn btc_cosigner(&self, key_id: &str) -> Result<Arc<BtcCosignerHold>, SignerError> {
+        if self.is_sealed() {
+            return Err(SignerError::Sealed);
+        }
+        self.btc_cosigners
+            .read()
+            .map_err(|_| poisoned())?
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| SignerError::UnknownKey(key_id.to_string()))
+    }
+
+    /// The gates every Bitcoin signature passes before its PSBT is even decoded, whatever key signs it: the
+    /// request's size, the key's network, the freezes (K19, S5: `chain:btc` or the key; no evacuation path is
+    /// built for Bitcoin) and the key lifecycle gate (K2, K3). Returns the decoded PSBT.
+    async fn btc_request_gates(
+        &self,
+        req: &crate::btc::BtcSignRequest,
+        key_network: bitcoin::Network,
+    ) -> Result<bitcoin::Psbt, SignerError> {
+        use crate::btc;
+        if req.psbt.len() > btc::BTC_PSBT_BYTES_MAX {
+            return Err(SignerError::Malformed(format!(
+                "psbt is {} bytes, more than the {} accepted",
+                req.psbt.len(),
+                btc::BTC_PSBT_BYTES_MAX
+            )));
+        }
+        if key_network != req.network {
+            return Err(SignerError::Refused(format!(
+                "key {:?} is a {key_network} account; the request is for {}",
+                req.key_id, req.network
+            )));
+        }
+        self.freezes()?.check(btc::BTC_FREEZE_CHAIN, "", &req.key_id)?;
+        if let Some(gate) = self.key_gate.get() {
+            gate.may_sign(&req.key_id, now_ms()).await.map_err(SignerError::Refused)?;
+        }
+        bitcoin::Psbt::deserialize(&req.psbt)
+            .map_err(|e| SignerError::Malformed(format!("psbt does not decode (BIP174): {e}")))
+    }
+
+    /// The very approval check `sign_evm` runs (registry, quorum for key/`BTC`/amount, actor) for a Bitcoin
+    /// request: payload and nonce play no part in it. Returns the operators that counted.
+    fn btc_approvers(&self, req: &crate::btc::BtcSignRequest) -> Result<Vec<String>, SignerError> {
+        let as_evm = EvmSignRequest {
+            key_id: req.key_id.clone(),
+            chain_id: req.intent.chain_id.0,
+            nonce: 0,
+            payload: Vec::new(),
+            intent: req.intent.clone(),
+            approvals: req.approvals.clone(),
+            actor: req.actor.clone(),
+            terminal: req.terminal.clone(),
+            evacuation: None,
+        };
+        self.verify_approvals(&as_evm, now_ms())
+    }
+
+    /// Records `spent` (the outpoints `payload` spends) in the anti-double-sign journal for `req.key_id`, with
+    /// one key access log entry per outpoint under `operation`; `Ok` only once every slot holds the payload.
+    /// Shared by the single-key signature and the multisig cosignature, so both follow the same rules: every
+    /// slot is judged ([`judge_btc_slot`]) before any is written, so a refusal on one outpoint leaves the
+    /// others unrecorded; then each is written with the journal's compare-and-append, and a concurrent change
+    /// means deciding every slot again.
+    async fn record_btc_outpoints(
+        &self,
+        req: &crate::btc::BtcSignRequest,
+        operation: &str,
+        payload: &[u8],
+        spent: &[bitcoin::OutPoint],
+        approvers: &[String],
+    ) -> Result<(), SignerError> {
+        let payload_sha256: [u8; 32] = Sha256::digest(payload).into();
+        let intent_hash = req.intent.hash();
+        let destination = crate::btc::intent_destination(&req.intent, req.network)?.script_pubkey();
+        let new_psbt = bitcoin::Psbt::deserialize(payload)
+            .map_err(|e| SignerError::Internal(format!("journal payload does not decode: {e}")))?;
+        // A fixed order, so that two requests racing on the same outpoints meet on the first one.
+        let mut spent = spent.to_vec();
+        spent.sort();
+        let slots: Vec<SlotKey> = spent.iter().map(|o| SlotKey::btc(&req.key_id, req.network, o)).collect();
+        'attempt: for _ in 0..SLOT_CONFLICT_RETRIES_MAX {
+            let mut expected_per_slot: Vec<Vec<[u8; 32]>> = Vec::with_capacity(slots.len());
+            for slot in &slots {
+                let prior = self.journal.slot_entries(slot).await.map_err(journal_down)?;
+                judge_btc_slot(slot, &prior, payload_sha256, intent_hash, &new_psbt, &destination)?;
+                expected_per_slot.push(prior.iter().map(|e| e.payload_sha256).collect());
+            }
+            for (slot, expected) in slots.iter().zip(&expected_per_slot) {
+                let at_ms = now_ms();
+                let entry = SlotEntry { payload: payload.to_vec(), payload_sha256, intent_hash, at_ms };
+                let access = KeyAccessEntry {
+                    at_ms,
+                    key_id: req.key_id.clone(),
+                    operation: operation.into(),
+                    payload_sha256,
+                    intent_hash,
+                    actor: req.actor.clone(),
+                    terminal: req.terminal.clone(),
+                    approvers: approvers.to_vec(),
+                };
+                match self.journal.record(slot, expected, &entry, &access).await {
+                    Ok(()) => {}
+                    // Decide every slot again: the ones recorded already now hold this payload (a no-op).
+                    Err(JournalError::Conflict) => continue 'attempt,
+                    Err(e) => return Err(journal_down(e)),
+                }
+            }
+            return Ok(());
+        }
+        Err(SignerError::JournalUnavailable(format!("slots kept changing under {SLOT_CONFLICT_RETRIES_MAX} attempts")))
+    }
+
+    /// See [`Signer::sign_btc_psbt`]: the same gates, approvals and journal as `sign_evm`, around
+    /// [`crate::btc::check_psbt_against_intent`], with one anti-double-sign slot per spent outpoint.
+    async fn sign_btc_inner(&self, req: &crate::btc::BtcSignRequest) -> Result<crate::btc::BtcSigned, SignerError> {
+        use crate::btc;
+        let key = self.btc_key(&req.key_id)?;
+        let mut psbt = self.btc_request_gates(req, key.network()).await?;
+        let checked = btc::check_psbt_against_intent(
+            &psbt,
+            &req.intent,
+            req.network,
+            &|txout, output| key.is_own_change(txout, output),
+            key.fee_cap_sat(),
+        )?;
+        let approvers = self.btc_approvers(req)?;
+        let payload = btc::btc_journal_payload(&psbt)?;
+
+        // Signed, finalized and verified before anything is recorded, but returned only once every slot is.
+        // Foreign inputs are refused here (the key of each input is re-derived from its path).
+        key.sign(&mut psbt)?;
+        kinko_chain::btc::psbt::finalize_p2wpkh(&mut psbt)
+            .map_err(|e| SignerError::Internal(format!("finalize: {e}")))?;
+        let prevouts = kinko_chain::btc::consensus::prevouts_of(&psbt)
+            .map_err(|e| SignerError::Internal(format!("consensus check: {e}")))?;
+        let finalized = psbt.serialize();
+        let tx = psbt.extract_tx_unchecked_fee_rate();
+        kinko_chain::btc::consensus::verify_spend(&tx, &prevouts)
+            .map_err(|e| SignerError::Internal(format!("libbitcoinconsensus refuses the signed transaction: {e}")))?;
+        let signed = btc::BtcSigned {
+            psbt: finalized,
+            raw_tx: bitcoin::consensus::encode::serialize(&tx),
+            txid: tx.compute_txid(),
+            fee_sat: checked.fee_sat,
+        };
+        self.record_btc_outpoints(req, btc::BTC_SIGN_OPERATION, &payload, &checked.spent, &approvers).await?;
+        Ok(signed)
+    }
+
+    /// See [`Signer::cosign_btc_multisig_psbt`]: the gates, approvals and anti-double-sign record of
+    /// `sign_btc_psbt` around [`crate::btc_multisig::cosign`].
+    async fn cosign_btc_inner(
+        &self,
+        req: &crate::btc::BtcSignRequest,
+    ) -> Result<crate::btc_multisig::BtcCosigned, SignerError> {
+        let hold = self.btc_cosigner(&req.key_id)?;
+        let mut psbt = self.btc_request_gates(req, hold.wallet.network).await?;
+        // Approvals before any signature is computed; `cosign` checks the PSBT against the intent, the
+        // pinned wallet (inputs and change re-derived) and every signature already present, and leaves the
+        // PSBT unchanged on a refusal.
+        let approvers = self.btc_approvers(req)?;
+        let payload = crate::btc::btc_journal_payload(&psbt)?;
+        let cosigned = crate::btc_multisig::cosign(&mut psbt, &hold.wallet, &hold.key, &req.intent, hold.fee_cap_sat)?;
+        self.record_btc_outpoints(
+            req,
+            crate::btc_multisig::BTC_COSIGN_OPERATION,
+            &payload,
+            &cosigned.checked.spent,
+            &approvers,
+        )
+        .await?;
+        Ok(crate::btc_multisig::BtcCosigned {
+            psbt: psbt.serialize(),
+            txid: cosigned.checked.unsigned_txid,
+            fee_sat: cosigned.checked.fee_sat,
+            signed_inputs: cosigned.signed_inputs,
+            cosigner_fingerprint: hold.key.cosigner.master_fingerprint.to_string(),
+        })
+    }
+}
+
+/// Whether one outpoint's slot may take `payload` (its sha256, the intent it is for, decoded, and the
+/// intent's destination script), given what the slot already holds: the same payload again (a retry) or a
+/// first one always; another payload only as a BIP125 fee bump of every payload recorded there for the same
+/// intent ([`crate::btc::btc_fee_bump_refusal`]), and at most [`SLOT_PAYLOADS_MAX`] of them. Otherwise the
+/// double sign, naming the slot.
+fn judge_btc_slot(
+    slot: &SlotKey,
+    prior: &[SlotEntry],
+    payload_sha256: [u8; 32],
+    intent_hash: [u8; 32],
+    new_psbt: &bitcoin::Psbt,
+    destination: &bitcoin::Script,
+) -> Result<(), SignerError> {
+    let double = |reason: String| SignerError::DoubleSign {
+        key_id: slot.key_id.clone(),
+        chain: slot.chain.clone(),
+        slot: slot.slot.clone(),
+        reason,
+    };
+    if prior.iter().any(|e| e.payload_sha256 == payload_sha256) {
+        return Ok(());
+    }
+    if prior.len() >= SLOT_PAYLOADS_MAX {
+        return Err(double(format!("outpoint already holds {SLOT_PAYLOADS_MAX} payloads")));
+    }
+    for old in prior {
+        if old.intent_hash != intent_hash {
+            return Err(double("the outpoint was already signed for another intent".into()));
+        }
+        let old_psbt = bitcoin::Psbt::deserialize(&old.payload)
+            .map_err(|_| double("a recorded payload for this outpoint does not decode".into()))?;
+        if let Some(reason) = crate::btc::btc_fee_bump_refusal(&old_psbt, new_psbt, destination) {
+            return Err(double(reason));
+        }
+    }
+    Ok(())
+}
+
 fn journal_down(e: JournalError) -> SignerError {
     SignerError::JournalUnavailable(e.to_string())
 }
@@ -757,6 +1074,20 @@ impl Signer for LocalSigner {
         req: &'a crate::safe::SafeSignRequest,
     ) -> BoxFuture<'a, Result<[u8; 65], SignerError>> {
         Box::pin(self.sign_safe_inner(req))
+    }
+
+    fn sign_btc_psbt<'a>(
+        &'a self,
+        req: &'a crate::btc::BtcSignRequest,
+    ) -> BoxFuture<'a, Result<crate::btc::BtcSigned, SignerError>> {
+        Box::pin(self.sign_btc_inner(req))
+    }
+
+    fn cosign_btc_multisig_psbt<'a>(
+        &'a self,
+        req: &'a crate::btc::BtcSignRequest,
+    ) -> BoxFuture<'a, Result<crate::btc_multisig::BtcCosigned, SignerError>> {
+        Box::pin(self.cosign_btc_inner(req))
     }
 
     fn apply_registry_change<'a>(

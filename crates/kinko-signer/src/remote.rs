@@ -214,6 +214,36 @@ impl Signer for RemoteSigner {
         })
     }
 
+    fn sign_btc_psbt<'a>(
+        &'a self,
+        req: &'a crate::btc::BtcSignRequest,
+    ) -> BoxFuture<'a, Result<crate::btc::BtcSigned, SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::SignBtc { request: Box::new(req.clone()) }).await.map_err(signer_error)?;
+            let signed = v
+                .get("signed")
+                .cloned()
+                .ok_or_else(|| SignerError::Internal("remote signer: reply without a signed transaction".into()))?;
+            serde_json::from_value(signed)
+                .map_err(|e| SignerError::Internal(format!("remote signer: signed transaction does not parse: {e}")))
+        })
+    }
+
+    fn cosign_btc_multisig_psbt<'a>(
+        &'a self,
+        req: &'a crate::btc::BtcSignRequest,
+    ) -> BoxFuture<'a, Result<crate::btc_multisig::BtcCosigned, SignerError>> {
+        Box::pin(async move {
+            let v = self.call(&Request::CosignBtc { request: Box::new(req.clone()) }).await.map_err(signer_error)?;
+            let cosigned = v
+                .get("cosigned")
+                .cloned()
+                .ok_or_else(|| SignerError::Internal("remote signer: reply without a cosigned PSBT".into()))?;
+            serde_json::from_value(cosigned)
+                .map_err(|e| SignerError::Internal(format!("remote signer: cosigned PSBT does not parse: {e}")))
+        })
+    }
+
     fn apply_registry_change<'a>(
         &'a self,
         change: &'a kinko_core::operator_registry::RegistryChange,

@@ -201,6 +201,129 @@ pub fn wrap_kek(mk: &MasterKey, kek_id: &str, kek: &Kek) -> Result<String, SealE
     Ok(hex::encode(blob))
 }
 
+/// `[signer.bitcoin]` as the signer takes it (issue 9): which Bitcoin keys it derives from the master seed at
+/// unseal. Validated by the configuration loader; the derivation itself is [`load_btc_keys`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BtcKeysConfig {
+    pub network: bitcoin::Network,
+    /// Key id of the BIP84 hot account `m/84'/<coin>'/0'` (e.g. `btc-hot`).
+    pub key_id: String,
+    /// The most one withdrawal may pay in fees, satoshi.
+    pub fee_cap_sat: u64,
+    /// The online cosigner of the pinned multisig cold wallet, when this signer is one (K15).
+    pub cosigner: Option<BtcCosignerConfig>,
+}
+
+/// The online multisig cosigner: its key id, the pinned wallet (the file `kinko-offline btc-wallet` wrote)
+/// and the fee bound (the pinned file's `fee_sat_max`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BtcCosignerConfig {
+    pub key_id: String,
+    pub wallet: kinko_keys::btc::MultisigWallet,
+    pub fee_cap_sat: u64,
+}
+
+/// The key-store purpose of the BIP84 hot account's record.
+pub const BTC_ACCOUNT_PURPOSE: &str = "btc_account";
+/// The key-store purpose of the multisig cosigner's record.
+pub const BTC_COSIGNER_PURPOSE: &str = "btc_cosigner";
+
+/// The BIP32 master of the stored master seed (the one `kinko init` made; the EVM hot key and the deposit
+/// account come from it too), unwrapped with `keks`. Exactly one active master seed must be stored.
+pub async fn unwrap_master_seed(
+    store: &Store,
+    keks: &BTreeMap<String, Kek>,
+) -> Result<bitcoin::bip32::Xpriv, SealError> {
+    use kinko_store::key_lifecycle::MASTER_SEED_PURPOSE;
+    let err = |reason: String| SealError::Unwrap { what: "the master seed".into(), reason };
+    let seeds = store.keys_by_purpose(MASTER_SEED_PURPOSE).await?;
+    let [seed] = seeds.as_slice() else {
+        return Err(err(format!("{} master seeds are stored; exactly one is needed", seeds.len())));
+    };
+    if seed.state != "active" || seed.wrapped_hex.is_empty() {
+        return Err(err(format!("it is {}; only an active seed is used", seed.state)));
+    }
+    let kek_id = store.key_kek_id(&seed.id).await?.unwrap_or_default();
+    let kek = keks.get(&kek_id).ok_or_else(|| err(format!("its KEK {kek_id:?} is not available")))?;
+    let blob = hex::decode(&seed.wrapped_hex).map_err(|_| err("stored blob is not hex".into()))?;
+    // Never the seed itself in an error: only why it did not open.
+    let plain = kek.unwrap(&seed.id, &seed.purpose, &blob).map_err(|e| err(e.to_string()))?;
+    match std::str::from_utf8(&plain) {
+        Ok(words) => kinko_keys::seed::MasterSeed::from_mnemonic(words)
+            .and_then(|s| s.to_bip32_master())
+            .map_err(|e| err(e.to_string())),
+        Err(_) if plain.len() == kinko_keys::seed::SEED_LEN => {
+            kinko_keys::hd::master_from_seed(&plain).map_err(|e| err(e.to_string()))
+        }
+        Err(_) => Err(err("the unwrapped seed is neither BIP39 words nor a 64-byte seed".into())),
+    }
+}
+
+/// The key record of a Bitcoin key derived at unseal: registered on the first unseal (state `active`,
+/// address = the account xpub, nothing wrapped: the key is derived from the master seed, never stored), so
+/// the key lifecycle gate (K2, K3) governs it like any other key; on later unseals the record must name the
+/// same account, or the unseal fails naming the key (a key id reused for another account).
+async fn ensure_btc_key_record(
+    store: &Store,
+    key_id: &str,
+    purpose: &str,
+    network: bitcoin::Network,
+    xpub: &bitcoin::bip32::Xpub,
+) -> Result<(), SealError> {
+    let chain = crate::btc::btc_journal_chain(network);
+    let address = xpub.to_string();
+    let record = kinko_store::signer_records::KeyRecord {
+        id: key_id.to_string(),
+        purpose: purpose.to_string(),
+        chain: chain.clone(),
+        address: address.clone(),
+        wrapped_hex: String::new(),
+        state: "active".into(),
+        created_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    };
+    store.insert_key(&record).await?;
+    let stored = store.key(key_id).await?.ok_or_else(|| SealError::Unwrap {
+        what: format!("key {key_id:?}"),
+        reason: "its record was not stored".into(),
+    })?;
+    if stored.purpose != purpose || stored.chain != chain || stored.address != address {
+        return Err(SealError::Unwrap {
+            what: format!("key {key_id:?}"),
+            reason: format!(
+                "the key store records it as {} on {} ({}), not as this signer's {purpose} {address} on {chain}",
+                stored.purpose, stored.chain, stored.address
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Derives the Bitcoin keys of `config` from the master seed into `signer` (`set_btc_account`, and
+/// `set_btc_cosigner` for the multisig cosigner, whose BIP48 account must be one of the pinned wallet's).
+pub async fn load_btc_keys(
+    store: &Store,
+    keks: &BTreeMap<String, Kek>,
+    signer: &LocalSigner,
+    config: &BtcKeysConfig,
+) -> Result<(), SealError> {
+    let mut master = unwrap_master_seed(store, keks).await?;
+    let loaded = async {
+        let account = signer.set_btc_account(&config.key_id, &master, config.network, config.fee_cap_sat)?;
+        ensure_btc_key_record(store, &config.key_id, BTC_ACCOUNT_PURPOSE, config.network, &account.xpub).await?;
+        if let Some(c) = &config.cosigner {
+            let cosigner = signer.set_btc_cosigner(&c.key_id, &master, c.wallet.clone(), c.fee_cap_sat)?;
+            ensure_btc_key_record(store, &c.key_id, BTC_COSIGNER_PURPOSE, c.wallet.network, &cosigner.xpub).await?;
+        }
+        Ok::<_, SealError>(())
+    }
+    .await;
+    master.private_key.non_secure_erase();
+    loaded
+}
+
 /// Builds an unsealed in-process signer: unwraps each key in `key_ids` with the KEK that wrapped it
 /// (the active one, or any non-destroyed one the MK opens, so a half-finished KEK rotation still unseals)
 /// and checks it against its recorded address.
@@ -224,6 +347,21 @@ pub async fn unlock_signer_with(
     key_ids: &[String],
     routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
     pkcs11: Option<&crate::pkcs11::Pkcs11Login>,
+) -> Result<LocalSigner, SealError> {
+    unlock_signer_full(store, mk, journal, key_ids, routine_policy, pkcs11, None).await
+}
+
+/// [`unlock_signer_with`], also deriving the Bitcoin keys of `[signer.bitcoin]` from the master seed
+/// ([`load_btc_keys`]). A configured Bitcoin key that cannot be derived fails the unseal: the operator asked
+/// for it, and a signer that silently lacks it would only refuse later.
+pub async fn unlock_signer_full(
+    store: &Store,
+    mk: &MasterKey,
+    journal: Arc<dyn SignerJournal>,
+    key_ids: &[String],
+    routine_policy: kinko_store::key_lifecycle::RoutinePolicy,
+    pkcs11: Option<&crate::pkcs11::Pkcs11Login>,
+    btc: Option<&BtcKeysConfig>,
 ) -> Result<LocalSigner, SealError> {
     let mut token: Option<crate::pkcs11::Pkcs11Token> = None;
     let signer = LocalSigner::new(journal);
@@ -280,6 +418,12 @@ pub async fn unlock_signer_with(
     // K13: deposit-address keys are derived on demand from the master seed's deposit account, never stored.
     if let Some(deposit) = crate::sweep::load_deposit_signing(store, &keks, key_ids).await? {
         signer.set_deposit_signing(deposit)?;
+    }
+    if let Some(config) = btc
+        && let Err(e) = load_btc_keys(store, &keks, &signer, config).await
+    {
+        signer.seal();
+        return Err(e);
     }
     Ok(signer)
 }

@@ -10,6 +10,8 @@
 //! `{"op":"status"}`, `{"op":"unseal","custodian":…,"index":…,"threshold":…,"share_hex":…}`,
 //! `{"op":"seal"}`, `{"op":"sign_evm","request":{…EvmSignRequest…}}`,
 //! `{"op":"sign_safe","request":{…safe::SafeSignRequest…}}` → `{"signature":hex}` (K15),
+//! `{"op":"sign_btc","request":{…btc::BtcSignRequest…}}` → `{"signed":{"psbt":hex,"raw_tx":hex,"txid":…,"fee_sat":…}}`,
+//! `{"op":"cosign_btc","request":{…btc::BtcSignRequest…}}` → `{"cosigned":{…btc_multisig::BtcCosigned…}}` (K15),
 //! `{"op":"sign_ed25519","request":{"key_id":…,"message":hex,"actor":…,"terminal":…}}`,
 //! `{"op":"registry_apply","change":{…RegistryChange…},"approvals":[{"operator_id":…,"signature_hex":…}]}`
 //! → `{"applied":true,"head":…}`, `{"op":"registry_head"}` → `{"head":null}` or
@@ -84,6 +86,15 @@ pub enum Request {
     /// `{"signature":hex}` (r||s||v, v 27/28).
     SignSafe {
         request: Box<crate::safe::SafeSignRequest>,
+    },
+    /// One Bitcoin withdrawal PSBT (see [`crate::Signer::sign_btc_psbt`]) → `{"signed":{…btc::BtcSigned…}}`.
+    SignBtc {
+        request: Box<crate::btc::BtcSignRequest>,
+    },
+    /// One cosignature on a PSBT spending the pinned multisig wallet (see
+    /// [`crate::Signer::cosign_btc_multisig_psbt`]) → `{"cosigned":{…btc_multisig::BtcCosigned…}}`.
+    CosignBtc {
+        request: Box<crate::btc::BtcSignRequest>,
     },
     /// Signs a raw message with an Ed25519 key after logging it durably. Ed25519 intents and chain decoding
     /// (e.g. Solana) are not built, so this op is for the benchmark beside OpenBao and for future chains;
@@ -243,6 +254,8 @@ pub struct SignerService {
     /// `[signer] deposit_top_up_cap_wei` (K13), given to every signer this service unseals; `None` keeps the
     /// signer's default.
     top_up_cap_wei: Option<u128>,
+    /// `[signer.bitcoin]`: the Bitcoin keys every signer this service unseals derives from the master seed.
+    btc: Option<seal::BtcKeysConfig>,
     inner: tokio::sync::Mutex<Inner>,
 }
 
@@ -279,6 +292,7 @@ impl SignerService {
             cold_wallets: Vec::new(),
             safes: Vec::new(),
             top_up_cap_wei: None,
+            btc: None,
             inner: tokio::sync::Mutex::new(Inner { seal, signer: None, kek: None }),
         })
     }
@@ -329,6 +343,13 @@ impl SignerService {
         self
     }
 
+    /// The Bitcoin keys (`[signer.bitcoin]`) derived from the master seed at each unseal; `None`: no Bitcoin
+    /// key (Bitcoin requests are refused as for an unknown key).
+    pub fn with_bitcoin(mut self, btc: Option<seal::BtcKeysConfig>) -> Self {
+        self.btc = btc;
+        self
+    }
+
     /// How many signing managers must approve an evacuation (`[emergency] evacuation_approvals`, K19, S5); the
     /// freeze state is shared with every signer this service unseals, so it applies to all of them.
     pub fn with_evacuation_approvals(self, m: u8) -> Result<Self, SignerError> {
@@ -353,13 +374,14 @@ impl SignerService {
         if let SubmitOutcome::Unsealed(mk) = outcome {
             let unlocked = async {
                 let (_, kek) = seal::unwrap_active_kek(&self.store, &mk).await?;
-                let signer = seal::unlock_signer_with(
+                let signer = seal::unlock_signer_full(
                     &self.store,
                     &mk,
                     self.journal.clone(),
                     &self.key_ids,
                     self.routine_policy.clone(),
                     self.pkcs11.as_ref(),
+                    self.btc.as_ref(),
                 )
                 .await?;
                 signer.set_registry(self.registry.clone())?;
@@ -471,6 +493,20 @@ impl SignerService {
                 crate::Signer::sign_safe_tx(&*signer, &request)
                     .await
                     .map(|sig| json!({"signature": hex::encode(sig)}))
+                    .map_err(|e| WireError::from(&e))
+            }
+            Request::SignBtc { request } => {
+                let signer = self.unsealed().await.map_err(|e| WireError::from(&e))?;
+                crate::Signer::sign_btc_psbt(&*signer, &request)
+                    .await
+                    .map(|signed| json!({"signed": signed}))
+                    .map_err(|e| WireError::from(&e))
+            }
+            Request::CosignBtc { request } => {
+                let signer = self.unsealed().await.map_err(|e| WireError::from(&e))?;
+                crate::Signer::cosign_btc_multisig_psbt(&*signer, &request)
+                    .await
+                    .map(|cosigned| json!({"cosigned": cosigned}))
                     .map_err(|e| WireError::from(&e))
             }
             Request::SignEd25519 { request } => self

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::deposits::{DEPOSIT_COLUMNS, DepositRow};
-use crate::{Result, Store, StoreError, parse_hash};
+use crate::{Result, Store, StoreError, Tx, parse_hash};
 
 /// Bound on rows one watched-address page returns.
 pub const WATCHED_PAGE_MAX: u32 = 50_000;
@@ -19,7 +19,7 @@ pub const WATCHED_PAGE_MAX: u32 = 50_000;
 /// A customer's deposit address on a chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchedAddress {
-    /// Lower-case 0x-hex.
+    /// Lower-case 0x-hex on EVM chains; the bech32 text (lower case) on Bitcoin.
     pub address: String,
     pub customer_id: String,
     pub asset: AssetCode,
@@ -29,10 +29,11 @@ pub struct WatchedAddress {
 /// A transfer to a watched address found in a block, before it is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DetectedTransfer {
-    /// Lower-case 0x-hex of the deposit address.
+    /// The deposit address as stored in `deposit_addresses` (lower-case 0x-hex on EVM, bech32 on Bitcoin).
     pub address: String,
     pub tx_hash: [u8; 32],
-    /// 0 for native-value transfers (they have no log); the log index for token transfers.
+    /// 0 for native-value transfers (they have no log); the log index for token transfers; the output
+    /// index (vout) on Bitcoin.
     pub log_index: u64,
     pub amount: Amount,
     /// The token asset of an ERC-20 `Transfer` log (K22); `None` for the chain's native coin (the
@@ -148,15 +149,34 @@ impl Store {
         now_ms: i64,
     ) -> Result<RecordedBlock> {
         let mut tx = self.begin_write().await?;
+        let out = self.record_block_in(&mut tx, chain, asset, header, transfers, confirmations_min, now_ms).await?;
+        tx.commit().await?;
+        Ok(out.unwrap_or_default())
+    }
+
+    /// [`Store::record_block`] inside the caller's transaction, so a chain adapter can commit its own
+    /// per-block rows (Bitcoin's UTXOs) atomically with the block. `None`: the block was already recorded
+    /// with this hash, and nothing was written.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_block_in(
+        &self,
+        tx: &mut Tx,
+        chain: &str,
+        asset: &AssetCode,
+        header: &BlockHeader,
+        transfers: &[DetectedTransfer],
+        confirmations_min: u64,
+        now_ms: i64,
+    ) -> Result<Option<RecordedBlock>> {
         let block_hash = hex::encode(header.hash);
         let existing: Option<String> =
             sqlx::query_scalar("SELECT hash FROM chain_blocks WHERE chain = $1 AND number = $2")
                 .bind(chain)
                 .bind(header.number as i64)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
         match existing {
-            Some(h) if h == block_hash => return Ok(RecordedBlock::default()),
+            Some(h) if h == block_hash => return Ok(None),
             Some(h) => {
                 return Err(StoreError::Conflict(format!(
                     "chain {chain} block {} is recorded with hash {h}, not {block_hash}: rewind it first",
@@ -170,13 +190,13 @@ impl Store {
             .bind(header.number as i64)
             .bind(&block_hash)
             .bind(hex::encode(header.parent_hash))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         // The window only needs REORG_DEPTH_MAX blocks; older rows are dead weight.
         sqlx::query("DELETE FROM chain_blocks WHERE chain = $1 AND number <= $2")
             .bind(chain)
             .bind(header.number as i64 - REORG_DEPTH_MAX as i64)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
 
         let mut out = RecordedBlock::default();
@@ -184,7 +204,7 @@ impl Store {
             let owner = sqlx::query("SELECT customer_id FROM deposit_addresses WHERE chain = $1 AND address = $2")
                 .bind(chain)
                 .bind(&t.address)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
             let Some(owner) = owner else {
                 tracing::warn!(chain, address = %t.address, "transfer to an address that is not a deposit address; ignored");
@@ -201,7 +221,7 @@ impl Store {
                 )
                 .bind(format!("0x{}", hex::encode(t.tx_hash)))
                 .bind(crate::sweeps::PURPOSE_TOP_UP)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
                 if let Some(withdrawal_id) = top_up {
                     tracing::info!(chain, address = %t.address, withdrawal_id, "gas top-up by kinko; not a deposit");
@@ -216,7 +236,7 @@ impl Store {
             };
             let status: Option<String> = sqlx::query_scalar("SELECT status FROM deposits WHERE id = $1")
                 .bind(&id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
             match status.as_deref() {
                 None => {}
@@ -250,14 +270,10 @@ impl Store {
             .bind(1_i64)
             .bind(now_ms)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-            self.post_entry(
-                &mut tx,
-                postings::deposit_detected(&id, &customer_id, &t.address, asset, t.amount),
-                now_ms,
-            )
-            .await?;
+            self.post_entry(tx, postings::deposit_detected(&id, &customer_id, &t.address, asset, t.amount), now_ms)
+                .await?;
             out.detected.push(id);
         }
 
@@ -269,18 +285,14 @@ impl Store {
             .bind(chain)
             .bind(DepositStatus::Pending.as_str())
             .bind(header.number as i64)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
         for row in &pending {
             let d = DepositRow::from_row(row)?;
             let confirmations = kinko_core::deposit::confirmations(header.number, d.block_number);
             let status = if is_creditable(header.number, d.block_number, confirmations_min) {
-                self.post_entry(
-                    &mut tx,
-                    postings::deposit_confirmed(&d.id, &d.customer_id, &d.asset, d.amount),
-                    now_ms,
-                )
-                .await?;
+                self.post_entry(tx, postings::deposit_confirmed(&d.id, &d.customer_id, &d.asset, d.amount), now_ms)
+                    .await?;
                 out.credited.push(d.id.clone());
                 DepositStatus::Credited
             } else {
@@ -291,11 +303,10 @@ impl Store {
                 .bind(confirmations as i64)
                 .bind(now_ms)
                 .bind(&d.id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Undoes block `number` after a re-org orphaned it, in one transaction: removes its window row,
@@ -304,10 +315,17 @@ impl Store {
     /// blocks withdrawals).
     pub async fn rewind_block(&self, chain: &str, number: u64, now_ms: i64) -> Result<RewoundBlock> {
         let mut tx = self.begin_write().await?;
+        let out = self.rewind_block_in(&mut tx, chain, number, now_ms).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// [`Store::rewind_block`] inside the caller's transaction (see [`Store::record_block_in`]).
+    pub async fn rewind_block_in(&self, tx: &mut Tx, chain: &str, number: u64, now_ms: i64) -> Result<RewoundBlock> {
         sqlx::query("DELETE FROM chain_blocks WHERE chain = $1 AND number = $2")
             .bind(chain)
             .bind(number as i64)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let q = format!(
             "SELECT {DEPOSIT_COLUMNS} FROM deposits WHERE chain = $1 AND block_number = $2 AND status IN ($3, $4) ORDER BY id{}",
@@ -318,7 +336,7 @@ impl Store {
             .bind(number as i64)
             .bind(DepositStatus::Pending.as_str())
             .bind(DepositStatus::Credited.as_str())
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
         let mut out = RewoundBlock::default();
         for row in &rows {
@@ -326,14 +344,13 @@ impl Store {
             let next = match d.status {
                 DepositStatus::Pending => {
                     let draft = postings::deposit_dropped(&d.id, &d.customer_id, &d.address, &d.asset, d.amount);
-                    self.post_entry(&mut tx, draft, now_ms).await?;
+                    self.post_entry(tx, draft, now_ms).await?;
                     out.dropped.push(d.id.clone());
                     DepositStatus::Dropped
                 }
                 DepositStatus::Credited => {
                     let available = AccountRef::customer(AccountKind::Available, &d.customer_id, &d.asset);
-                    let available_now =
-                        self.load_balance(&mut tx, &available).await?.normal_amount(AccountKind::Available);
+                    let available_now = self.load_balance(tx, &available).await?.normal_amount(AccountKind::Available);
                     let draft = postings::deposit_reversed(
                         &d.id,
                         &d.customer_id,
@@ -342,7 +359,7 @@ impl Store {
                         d.amount,
                         available_now,
                     );
-                    self.post_entry(&mut tx, draft, now_ms).await?;
+                    self.post_entry(tx, draft, now_ms).await?;
                     if d.amount > available_now {
                         // Flag for operators: the customer already spent the credit, the receivable is the
                         // custodian's exposure and blocks the customer's withdrawals until settled.
@@ -364,10 +381,9 @@ impl Store {
                 .bind(next.as_str())
                 .bind(now_ms)
                 .bind(&d.id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(out)
     }
 }

@@ -10,6 +10,7 @@ pub mod address_book;
 pub mod aml;
 pub mod audit;
 pub mod backup;
+pub mod btc;
 pub mod cold;
 pub mod customer_mfa;
 pub mod customers;

@@ -444,6 +444,8 @@ async fn signer_serve(config: Config) -> Result<()> {
             .with_quorum(config.signer.signing_quorum()?)
             .with_cold_wallets(config.signer.cold_wallets.clone())
             .with_deposit_top_up_cap_wei(config.signer.deposit_top_up_cap_wei)
+            // Bitcoin (issue 9): the keys `[signer.bitcoin]` names, derived from the master seed at each unseal.
+            .with_bitcoin(config.signer.bitcoin_keys()?)
             // K15: the Safes each key serves, from the signer's own configuration file.
             .with_safes(config.signer.safes_on(config.ethereum.chain_id)?)
             // K22: the signer's own token map, from the signer's own configuration file.

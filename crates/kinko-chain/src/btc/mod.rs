@@ -4,6 +4,7 @@
 //! offline tool can use it without depending on this crate.
 
 pub mod consensus;
+pub mod multisig;
 pub mod psbt;
 pub mod regtest_sim;
 pub mod rpc;

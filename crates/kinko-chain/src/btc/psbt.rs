@@ -23,7 +23,7 @@ use bitcoin::bip32::ChildNumber;
 use bitcoin::psbt::{Input, Output, Psbt, PsbtSighashType};
 use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::transaction::{InputWeightPrediction, Version, predict_weight};
-use bitcoin::{Address, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use bitcoin::{Address, Amount, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 use kinko_keys::btc::{Bip84Account, BtcKeyError, Keychain};
 
 /// Most inputs one withdrawal spends. Why: ~68 vB each, 100 inputs keep the transaction near 7 kvB,
@@ -132,11 +132,11 @@ pub fn estimate_vsize_vb(n_inputs: usize, output_script_lens: &[usize]) -> u64 {
     predict_weight(inputs, output_script_lens.iter().copied()).to_vbytes_ceil()
 }
 
-fn fee_for(fee_rate_sat_per_vb: u64, vsize_vb: u64) -> Result<Amount, PsbtBuildError> {
+pub(crate) fn fee_for(fee_rate_sat_per_vb: u64, vsize_vb: u64) -> Result<Amount, PsbtBuildError> {
     fee_rate_sat_per_vb.checked_mul(vsize_vb).map(Amount::from_sat).ok_or(PsbtBuildError::Overflow)
 }
 
-fn check_fee_rate(fee_rate_sat_per_vb: u64) -> Result<(), PsbtBuildError> {
+pub(crate) fn check_fee_rate(fee_rate_sat_per_vb: u64) -> Result<(), PsbtBuildError> {
     if (MIN_FEE_RATE_SAT_PER_VB..=MAX_FEE_RATE_SAT_PER_VB).contains(&fee_rate_sat_per_vb) {
         Ok(())
     } else {
@@ -151,9 +151,88 @@ pub fn build_withdrawal(
     utxos: &[SpendableUtxo],
     request: &WithdrawalRequest<'_>,
 ) -> Result<BuiltPsbt, PsbtBuildError> {
+    let selection = select_coins::<PsbtBuildError>(
+        account.network,
+        utxos,
+        request,
+        |keychain, index| Ok(account.script_pubkey(keychain, index)?),
+        |n, lens| Ok(estimate_vsize_vb(n, lens)),
+    )?;
+    let mut psbt = Psbt::from_unsigned_tx(selection.unsigned_tx(request))?;
+    psbt.xpub.insert(account.xpub, (account.master_fingerprint, account.path.clone()));
+    for (input, utxo) in psbt.inputs.iter_mut().zip(&selection.selected) {
+        *input = our_input(
+            account,
+            utxo.keychain,
+            utxo.index,
+            TxOut { value: utxo.value, script_pubkey: utxo.script_pubkey.clone() },
+        )?;
+    }
+    if let Some((c, _)) = &selection.change {
+        psbt.outputs[c.vout] = change_output(account, c.index)?;
+    }
+    Ok(selection.into_built(psbt))
+}
+
+/// The coins chosen for a withdrawal and the transaction they make, before any wallet-specific PSBT fields.
+pub(crate) struct Selection<'u> {
+    pub(crate) selected: Vec<&'u SpendableUtxo>,
+    destination: ScriptBuf,
+    pub(crate) change: Option<(ChangeOutput, ScriptBuf)>,
+    fee: Amount,
+    estimated_vsize_vb: u64,
+}
+
+impl Selection<'_> {
+    /// Payment at output 0, change (if any) at 1, every input BIP125-replaceable.
+    pub(crate) fn unsigned_tx(&self, request: &WithdrawalRequest<'_>) -> Transaction {
+        let mut output = vec![TxOut { value: request.amount, script_pubkey: self.destination.clone() }];
+        if let Some((c, script)) = &self.change {
+            output.push(TxOut { value: c.value, script_pubkey: script.clone() });
+        }
+        Transaction {
+            version: Version::TWO,
+            // No anti-fee-sniping lock time: the builder does not know the tip height (see the docs).
+            lock_time: LockTime::ZERO,
+            input: self
+                .selected
+                .iter()
+                .map(|u| TxIn {
+                    previous_output: u.outpoint,
+                    script_sig: ScriptBuf::new(),
+                    sequence: RBF_SEQUENCE,
+                    witness: Witness::new(),
+                })
+                .collect(),
+            output,
+        }
+    }
+
+    pub(crate) fn into_built(self, psbt: Psbt) -> BuiltPsbt {
+        BuiltPsbt {
+            psbt,
+            fee: self.fee,
+            estimated_vsize_vb: self.estimated_vsize_vb,
+            change: self.change.map(|(c, _)| c),
+        }
+    }
+}
+
+/// The rules every withdrawal builder shares (single-key and multisig): the request and the offered UTXOs are
+/// checked (network, dust, bounds, duplicates, each UTXO's script re-derived with `script_at`), then coins are
+/// selected largest-first (ties by outpoint) until they pay the amount and the fee, with change to
+/// `request.change_index` unless it would be dust. `vsize` is the wallet's estimate of a transaction with `n`
+/// of its inputs and outputs of the given script lengths, an upper bound of the signed size.
+pub(crate) fn select_coins<'u, E: From<PsbtBuildError>>(
+    network: Network,
+    utxos: &'u [SpendableUtxo],
+    request: &WithdrawalRequest<'_>,
+    script_at: impl Fn(Keychain, u32) -> Result<ScriptBuf, E>,
+    vsize: impl Fn(usize, &[usize]) -> Result<u64, E>,
+) -> Result<Selection<'u>, E> {
     check_fee_rate(request.fee_rate_sat_per_vb)?;
-    if !request.destination.as_unchecked().is_valid_for_network(account.network) {
-        return Err(PsbtBuildError::WrongNetwork(request.destination.to_string()));
+    if !request.destination.as_unchecked().is_valid_for_network(network) {
+        return Err(PsbtBuildError::WrongNetwork(request.destination.to_string()).into());
     }
     let destination = request.destination.script_pubkey();
     let dust_limit = destination.minimal_non_dust();
@@ -161,32 +240,33 @@ pub fn build_withdrawal(
         return Err(PsbtBuildError::PaymentIsDust {
             amount_sat: request.amount.to_sat(),
             dust_limit_sat: dust_limit.to_sat(),
-        });
+        }
+        .into());
     }
     if utxos.len() > MAX_UTXOS_CONSIDERED {
-        return Err(PsbtBuildError::TooManyUtxos(utxos.len()));
+        return Err(PsbtBuildError::TooManyUtxos(utxos.len()).into());
     }
     let mut seen = BTreeSet::new();
     for u in utxos {
         if !seen.insert(u.outpoint) {
-            return Err(PsbtBuildError::DuplicateUtxo(u.outpoint));
+            return Err(PsbtBuildError::DuplicateUtxo(u.outpoint).into());
         }
         // The UTXO must be ours at the path it claims: the signer derives the key from that path, so a
         // wrong path would only fail later, at signing, with a less clear error.
-        if account.script_pubkey(u.keychain, u.index)? != u.script_pubkey {
-            return Err(PsbtBuildError::ForeignUtxo { outpoint: u.outpoint, keychain: u.keychain, index: u.index });
+        if script_at(u.keychain, u.index)? != u.script_pubkey {
+            return Err(
+                PsbtBuildError::ForeignUtxo { outpoint: u.outpoint, keychain: u.keychain, index: u.index }.into()
+            );
         }
     }
 
-    let change_script = account.script_pubkey(Keychain::Change, request.change_index)?;
+    let change_script = script_at(Keychain::Change, request.change_index)?;
     let change_dust_limit = change_script.minimal_non_dust();
     let with_change = [destination.len(), change_script.len()];
     let without_change = [destination.len()];
-    // What one more P2WPKH input costs at this fee rate: a UTXO worth no more is not worth spending.
-    let input_cost = fee_for(
-        request.fee_rate_sat_per_vb,
-        estimate_vsize_vb(2, &without_change) - estimate_vsize_vb(1, &without_change),
-    )?;
+    // What one more input costs at this fee rate: a UTXO worth no more is not worth spending.
+    let input_cost =
+        fee_for(request.fee_rate_sat_per_vb, vsize(2, &without_change)?.saturating_sub(vsize(1, &without_change)?))?;
 
     let mut candidates: Vec<&SpendableUtxo> = utxos.iter().filter(|u| u.value > input_cost).collect();
     candidates.sort_by(|a, b| b.value.cmp(&a.value).then(a.outpoint.cmp(&b.outpoint)));
@@ -200,7 +280,7 @@ pub fn build_withdrawal(
     // Until an input is selected, what is needed is the amount and the fee of the smallest transaction.
     let mut needed_sat = request
         .amount
-        .checked_add(fee_for(request.fee_rate_sat_per_vb, estimate_vsize_vb(1, &without_change))?)
+        .checked_add(fee_for(request.fee_rate_sat_per_vb, vsize(1, &without_change)?)?)
         .ok_or(PsbtBuildError::Overflow)?;
     for utxo in candidates.iter().copied() {
         if selected.len() == MAX_INPUTS {
@@ -209,85 +289,46 @@ pub fn build_withdrawal(
             if available_sat < needed_sat {
                 break;
             }
-            return Err(PsbtBuildError::TooManyInputs);
+            return Err(PsbtBuildError::TooManyInputs.into());
         }
         selected.push(utxo);
         selected_sat = selected_sat.checked_add(utxo.value).ok_or(PsbtBuildError::Overflow)?;
         let n = selected.len();
 
-        let vsize_with_change = estimate_vsize_vb(n, &with_change);
+        let vsize_with_change = vsize(n, &with_change)?;
         let fee_with_change = fee_for(request.fee_rate_sat_per_vb, vsize_with_change)?;
         let pay_with_change = request.amount.checked_add(fee_with_change).ok_or(PsbtBuildError::Overflow)?;
         if let Some(change) = selected_sat.checked_sub(pay_with_change)
             && change >= change_dust_limit
         {
             let change = ChangeOutput { vout: 1, index: request.change_index, value: change };
-            return assemble(
-                account,
-                &selected,
-                request,
-                &destination,
-                Some((change, change_script)),
-                fee_with_change,
-                vsize_with_change,
-            );
+            return Ok(Selection {
+                selected,
+                destination,
+                change: Some((change, change_script)),
+                fee: fee_with_change,
+                estimated_vsize_vb: vsize_with_change,
+            });
         }
 
-        let vsize_without_change = estimate_vsize_vb(n, &without_change);
+        let vsize_without_change = vsize(n, &without_change)?;
         let fee_without_change = fee_for(request.fee_rate_sat_per_vb, vsize_without_change)?;
         needed_sat = request.amount.checked_add(fee_without_change).ok_or(PsbtBuildError::Overflow)?;
         if selected_sat >= needed_sat {
             // Change would be dust: it is left to the fee rather than creating an output nobody can
             // spend economically.
             let fee = selected_sat - request.amount;
-            return assemble(account, &selected, request, &destination, None, fee, vsize_without_change);
+            return Ok(Selection {
+                selected,
+                destination,
+                change: None,
+                fee,
+                estimated_vsize_vb: vsize_without_change,
+            });
         }
     }
-    Err(PsbtBuildError::InsufficientFunds { needed_sat: needed_sat.to_sat(), available_sat: available_sat.to_sat() })
-}
-
-fn assemble(
-    account: &Bip84Account,
-    selected: &[&SpendableUtxo],
-    request: &WithdrawalRequest<'_>,
-    destination: &ScriptBuf,
-    change: Option<(ChangeOutput, ScriptBuf)>,
-    fee: Amount,
-    estimated_vsize_vb: u64,
-) -> Result<BuiltPsbt, PsbtBuildError> {
-    let mut output = vec![TxOut { value: request.amount, script_pubkey: destination.clone() }];
-    if let Some((c, script)) = &change {
-        output.push(TxOut { value: c.value, script_pubkey: script.clone() });
-    }
-    let tx = Transaction {
-        version: Version::TWO,
-        // No anti-fee-sniping lock time: the builder does not know the tip height (see the docs).
-        lock_time: LockTime::ZERO,
-        input: selected
-            .iter()
-            .map(|u| TxIn {
-                previous_output: u.outpoint,
-                script_sig: ScriptBuf::new(),
-                sequence: RBF_SEQUENCE,
-                witness: Witness::new(),
-            })
-            .collect(),
-        output,
-    };
-    let mut psbt = Psbt::from_unsigned_tx(tx)?;
-    psbt.xpub.insert(account.xpub, (account.master_fingerprint, account.path.clone()));
-    for (input, utxo) in psbt.inputs.iter_mut().zip(selected) {
-        *input = our_input(
-            account,
-            utxo.keychain,
-            utxo.index,
-            TxOut { value: utxo.value, script_pubkey: utxo.script_pubkey.clone() },
-        )?;
-    }
-    if let Some((c, _)) = &change {
-        psbt.outputs[c.vout] = change_output(account, c.index)?;
-    }
-    Ok(BuiltPsbt { psbt, fee, estimated_vsize_vb, change: change.map(|(c, _)| c) })
+    Err(PsbtBuildError::InsufficientFunds { needed_sat: needed_sat.to_sat(), available_sat: available_sat.to_sat() }
+        .into())
 }
 
 fn our_input(account: &Bip84Account, keychain: Keychain, index: u32, spent: TxOut) -> Result<Input, PsbtBuildError> {

@@ -8,7 +8,7 @@ use kinko_store::deposits::DepositRow;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::assets::{lookup_asset, supported_assets};
+use super::assets::{bitcoin_asset, held_assets, lookup_asset};
 use super::auth::Customer;
 use super::extract::{ApiJson, JsonBody};
 use super::problem::{FieldError, Problem, ProblemBody};
@@ -35,6 +35,7 @@ pub fn page_limit(query: Option<&str>) -> Result<u32, Problem> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct DepositAddressRequest {
+    /// `ETH`, a configured token, or `BTC` when Bitcoin is configured.
     #[schema(example = "ETH")]
     pub asset: String,
 }
@@ -46,12 +47,13 @@ impl JsonBody for DepositAddressRequest {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct DepositAddress {
     pub asset: String,
-    /// Lower-case 0x-hex.
+    /// EVM assets: lower-case 0x-hex. BTC: a bech32 P2WPKH address (`bc1q…`, `tb1q…`, `bcrt1q…`).
     pub address: String,
 }
 
 /// Get (or create on first use) the customer's deposit address for an asset. Always the same address
-/// for the same customer and asset.
+/// for the same customer and asset. For BTC (when Bitcoin is configured) it is the customer's BIP84 receive
+/// address, bech32, derived from the custodian's account xpub.
 #[utoipa::path(
     post, path = "/v1/deposit-addresses", tag = "accounts",
     request_body = DepositAddressRequest,
@@ -67,6 +69,16 @@ pub async fn deposit_address(
     customer: Customer,
     ApiJson(body): ApiJson<DepositAddressRequest>,
 ) -> Result<Json<DepositAddress>, Problem> {
+    // Issue 9: BTC addresses come from the BIP84 account, with the UTXO tracking rows beside them.
+    if let Some(btc) = bitcoin_asset(&state.config).filter(|b| b.code.as_str() == body.asset)
+        && let Some(bitcoin) = &state.config.bitcoin
+    {
+        let account = bitcoin.account().map_err(Problem::internal)?;
+        let row = crate::btc_watcher::btc_deposit_address(&state.store, &account, &customer.id, now_ms())
+            .await
+            .map_err(Problem::internal)?;
+        return Ok(Json(DepositAddress { asset: btc.code.to_string(), address: row.address }));
+    }
     let asset = lookup_asset(&state.config, "asset", &body.asset).map_err(|e| Problem::validation(vec![e]))?;
     let xpub = state.deposit_xpub.clone();
     let row = state
@@ -104,7 +116,7 @@ pub struct BalanceView {
     pub receivable: Amount,
 }
 
-/// Balances per supported asset, zeros included.
+/// Balances per supported asset (BTC included when Bitcoin is configured; in satoshi), zeros included.
 #[utoipa::path(
     get, path = "/v1/balances", tag = "accounts",
     security(("bearer" = [])),
@@ -116,14 +128,14 @@ pub struct BalanceView {
 pub async fn balances(State(state): State<AppState>, customer: Customer) -> Result<Json<Vec<BalanceView>>, Problem> {
     let stored = state.store.customer_balances(&customer.id).await?;
     let get = |asset: &kinko_core::AssetCode, kind| stored.get(&(asset.clone(), kind)).copied().unwrap_or(Amount::ZERO);
-    let out = supported_assets(&state.config)
+    let out = held_assets(&state.config)
         .into_iter()
-        .map(|a| BalanceView {
-            asset: a.code.to_string(),
-            available: get(&a.code, AccountKind::Available),
-            held: get(&a.code, AccountKind::Held),
-            pending: get(&a.code, AccountKind::Pending),
-            receivable: get(&a.code, AccountKind::Receivable),
+        .map(|code| BalanceView {
+            asset: code.to_string(),
+            available: get(&code, AccountKind::Available),
+            held: get(&code, AccountKind::Held),
+            pending: get(&code, AccountKind::Pending),
+            receivable: get(&code, AccountKind::Receivable),
         })
         .collect();
     Ok(Json(out))
@@ -136,7 +148,7 @@ pub struct DepositView {
     #[schema(value_type = String)]
     pub amount: Amount,
     pub address: String,
-    /// 0x-prefixed transaction hash.
+    /// 0x-prefixed transaction hash (BTC: the txid in display order, no prefix).
     pub tx_hash: String,
     pub block_number: u64,
     /// pending, credited, dropped or reversed.
@@ -158,7 +170,8 @@ impl From<DepositRow> for DepositView {
             asset: d.asset.to_string(),
             amount: d.amount,
             address: d.address,
-            tx_hash: hex_0x(&d.tx_hash),
+            // A Bitcoin txid is shown as explorers and Core print it, without 0x.
+            tx_hash: if d.asset.as_str() == kinko_store::btc::BTC_ASSET { d.tx_hash } else { hex_0x(&d.tx_hash) },
             block_number: d.block_number,
             status: d.status,
             confirmations: d.confirmations,

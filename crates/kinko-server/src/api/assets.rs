@@ -58,6 +58,56 @@ pub fn lookup_asset(config: &Config, field: &str, raw: &str) -> Result<Supported
         .ok_or_else(|| FieldError::new(field, "is not an asset this custodian supports"))
 }
 
+/// Display decimals of BTC (1 BTC = 10^8 satoshi; amounts are always in satoshi).
+pub const BTC_DECIMALS: u8 = 8;
+
+/// The Bitcoin asset (issue 9), offered only when `[bitcoin]` is configured. Not a [`SupportedAsset`]: those
+/// are what the EVM withdrawal pipeline, policies, tiers and sweeps can move, and BTC is deposited and held
+/// but not yet withdrawn ([`not_withdrawable`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitcoinAsset {
+    pub code: AssetCode,
+    /// The `chain` column value: `btc:<network>`.
+    pub chain: String,
+    pub network: bitcoin::Network,
+    pub decimals: u8,
+}
+
+/// BTC when `[bitcoin]` is configured (validated at load; an invalid network here offers nothing).
+pub fn bitcoin_asset(config: &Config) -> Option<BitcoinAsset> {
+    let network = config.bitcoin.as_ref()?.network().ok()?;
+    Some(BitcoinAsset {
+        code: kinko_store::btc::btc_asset(),
+        chain: kinko_store::btc::btc_chain(&network.to_string()),
+        network,
+        decimals: BTC_DECIMALS,
+    })
+}
+
+/// Every asset a customer can hold, in display order: the supported (EVM) assets, then BTC when configured.
+pub fn held_assets(config: &Config) -> Vec<AssetCode> {
+    let mut out: Vec<AssetCode> = supported_assets(config).into_iter().map(|a| a.code).collect();
+    out.extend(bitcoin_asset(config).map(|b| b.code));
+    out
+}
+
+/// The refusal for moving an asset customers hold but kinko cannot send yet (BTC: the withdrawal pipeline
+/// is EVM-only). `None` for every other asset, which the usual lookup then checks. 422
+/// `asset-not-withdrawable`, naming the field.
+pub fn not_withdrawable(config: &Config, field: &str, raw: &str) -> Option<super::problem::Problem> {
+    let btc = bitcoin_asset(config)?;
+    (raw == btc.code.as_str()).then(|| {
+        super::problem::Problem::field(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "asset-not-withdrawable",
+            "asset not withdrawable",
+            field,
+            "BTC withdrawals are not available yet",
+        )
+        .detail("BTC withdrawals are not available yet")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +118,33 @@ mod tests {
         assert_eq!(lookup_asset(&c, "asset", "ETH").unwrap().chain, ETH_CHAIN);
         assert_eq!(lookup_asset(&c, "asset", "BTC").unwrap_err().field, "asset");
         assert_eq!(lookup_asset(&c, "asset", "eth").unwrap_err().field, "asset");
+    }
+
+    /// M9, issue 9: BTC is held (balances) only with `[bitcoin]`, and moving it is refused with its own
+    /// problem type naming the field; other assets pass through to the usual lookup.
+    #[test]
+    fn m9_btc_held_only_with_bitcoin_and_not_withdrawable() {
+        let mut c = Config::dev_default("/tmp/x".into(), "127.0.0.1:1".parse().unwrap(), "http://x".into());
+        assert!(bitcoin_asset(&c).is_none() && not_withdrawable(&c, "asset", "BTC").is_none());
+        assert_eq!(held_assets(&c).iter().map(|a| a.as_str()).collect::<Vec<_>>(), ["ETH"]);
+        c.bitcoin = Some(crate::config::BitcoinConfig {
+            network: "regtest".into(),
+            rpc_url: "http://127.0.0.1:18443/".into(),
+            rpc_user: None,
+            rpc_password_file: None,
+            account_xpub: String::new(),
+            master_fingerprint: String::new(),
+            confirmations: None,
+            poll_interval_ms: 1_000,
+        });
+        let btc = bitcoin_asset(&c).unwrap();
+        assert_eq!((btc.chain.as_str(), btc.decimals), ("btc:regtest", 8));
+        assert_eq!(held_assets(&c).iter().map(|a| a.as_str()).collect::<Vec<_>>(), ["ETH", "BTC"]);
+        let p = not_withdrawable(&c, "asset", "BTC").unwrap();
+        assert_eq!(p.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(p.body.kind, "urn:kinko:problem:asset-not-withdrawable");
+        assert_eq!(p.body.errors[0].field, "asset");
+        assert!(not_withdrawable(&c, "asset", "ETH").is_none());
+        assert!(lookup_asset(&c, "asset", "BTC").is_err(), "BTC is not an EVM pipeline asset");
     }
 }

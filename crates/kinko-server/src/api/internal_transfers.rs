@@ -223,6 +223,10 @@ pub fn validate(config: &crate::Config, body: &[u8]) -> Result<ValidTransfer, Pr
     let to_email = string("to_email", &mut errors);
     let to_customer_id = string("to_customer_id", &mut errors);
     let asset_raw = string("asset", &mut errors);
+    // BTC is held but not yet movable between customers either (issue 9): its own answer, not "unsupported".
+    if let Some(refused) = asset_raw.as_deref().and_then(|raw| super::assets::not_withdrawable(config, "asset", raw)) {
+        return Err(refused);
+    }
     let amount_raw = string("amount", &mut errors);
     // Checked for type only here (wiped after); its value is `require_transfer_auth`'s business.
     let _ = string(TRANSACTION_PASSWORD_FIELD, &mut errors).map(zeroize::Zeroizing::new);
@@ -347,7 +351,7 @@ fn negative_position() -> Problem {
         (status = 403, description = "exactly what withdrawals need is missing: an enrolled second factor (`mfa-required`), a fresh step-up (`step-up-required`), or the right transaction password (`transaction-password-required`, `-wrong`, `-not-set`, `-locked`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "negative position: transfers blocked", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "invalid fields, self-transfer, a recipient who cannot receive (one answer for unknown and deleted), insufficient balance, key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields, an asset not movable yet (`asset-not-withdrawable`: BTC), self-transfer, a recipient who cannot receive (one answer for unknown and deleted), insufficient balance, key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_internal_transfer(

@@ -153,6 +153,10 @@ pub struct ValidRequest {
 
 /// Checks every field and reports all failures together.
 pub fn validate(config: &crate::Config, body: &WithdrawalRequest) -> Result<ValidRequest, Problem> {
+    // An asset customers hold that the pipeline cannot send (BTC) gets its own answer, not "unsupported".
+    if let Some(refused) = super::assets::not_withdrawable(config, "asset", &body.asset) {
+        return Err(refused);
+    }
     let mut errors = Vec::new();
     let asset = lookup_asset(config, "asset", &body.asset).map_err(|e| errors.push(e)).ok();
     let amount =
@@ -197,7 +201,7 @@ pub fn request_hash(req: &ValidRequest) -> String {
         (status = 423, description = "an emergency freeze covers the hot wallet (`frozen`, naming the freeze; K19, S5)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "invalid fields (`purpose`/`beneficiary` missing above the AML threshold), insufficient balance, key reused with another request, no policy, refused by policy (`policy-denied`, naming the rules), or a deny-listed destination (`destination-denied`), a destination not saved in the address book (`destination-not-saved`) or still cooling off (`destination-cooling-off`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields, an asset not withdrawable yet (`asset-not-withdrawable`: BTC), (`purpose`/`beneficiary` missing above the AML threshold), insufficient balance, key reused with another request, no policy, refused by policy (`policy-denied`, naming the rules), or a deny-listed destination (`destination-denied`), a destination not saved in the address book (`destination-not-saved`) or still cooling off (`destination-cooling-off`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "the AML deny list cannot be loaded: withdrawals refused (`aml-screening-unavailable`)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]

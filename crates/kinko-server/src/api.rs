@@ -181,6 +181,8 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/ops/kyc", get(onboarding::ops_list))
         .route("/v1/ops/kyc/{id}/review", post(onboarding::ops_review))
         .route("/v1/ops/kyc/{id}/decision", post(onboarding::ops_decide))
+        // The web console's pages (#8), under the same audit, maintenance and metrics layers.
+        .merge(crate::web::routes())
         // Every audited request is recorded before its handler runs (L2, L4–L6; fail closed with 503).
         .layer(axum::middleware::from_fn_with_state(
             crate::audit::AuditLayer::new(&state),

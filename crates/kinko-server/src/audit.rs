@@ -397,7 +397,8 @@ async fn actor(
     body: &[u8],
 ) -> Result<(ActorKind, String, String), AuditUnavailable> {
     let db = |e: kinko_store::StoreError| AuditUnavailable(e.to_string());
-    if let Some(token) = bearer(headers) {
+    // A web console request (#8) carries the same session token in its cookie.
+    if let Some(token) = bearer(headers).or_else(|| crate::web::session_token(headers)) {
         let hash = crate::api::ops_auth::sha256_hex(&token);
         if let Some(s) = state.store.operator_session(&hash).await.map_err(db)? {
             let now = now_ms();
@@ -419,6 +420,8 @@ async fn actor(
         serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| {
             ["operator_id", "email"].iter().find_map(|f| v.get(*f).and_then(|x| x.as_str()).map(str::to_string))
         })
+    } else if path == "/login" {
+        crate::web::claimed_email(body)
     } else {
         None
     };

@@ -21,6 +21,7 @@ pub mod registry_sync;
 pub mod sweeper;
 pub mod tiers;
 pub mod watcher;
+pub mod web;
 pub mod withdrawal_policy;
 
 pub use app::AppState;

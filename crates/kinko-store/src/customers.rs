@@ -133,6 +133,16 @@ impl Store {
         .transpose()
     }
 
+    /// Ends a session now (log-out): it is kept, expired, so that nothing referring to it dangles.
+    pub async fn expire_session(&self, token_hash: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE sessions SET expires_at_ms = $1 WHERE token_hash = $2 AND expires_at_ms > $1")
+            .bind(now_ms)
+            .bind(token_hash)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     pub async fn deposit_address(&self, customer_id: &str, asset: &str) -> Result<Option<DepositAddressRow>> {
         let q =
             format!("SELECT {DEPOSIT_ADDRESS_COLUMNS} FROM deposit_addresses WHERE customer_id = $1 AND asset = $2");

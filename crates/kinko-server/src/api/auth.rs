@@ -245,11 +245,29 @@ pub async fn create_session(
     client: ClientInfo,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, Problem> {
+    match login(&state, &client, body).await? {
+        LoginResult::Created(created) => Ok(Json(created).into_response()),
+        LoginResult::IpBlocked { retry_after_secs } => Ok(login_protection::ip_blocked(retry_after_secs)),
+    }
+}
+
+/// What a password login came to when it did not fail with a problem.
+pub enum LoginResult {
+    Created(SessionCreated),
+    /// The client's address is blocked (429 with `Retry-After` in the API).
+    IpBlocked {
+        retry_after_secs: i64,
+    },
+}
+
+/// The customer login behind `POST /v1/sessions` and the web console's log-in form: one path, one set of
+/// protections.
+pub async fn login(state: &AppState, client: &ClientInfo, body: Credentials) -> Result<LoginResult, Problem> {
     let password = SecretString::from(body.password);
     let now = now_ms();
     // Before any lookup or hashing: the answer depends on the address only, and costs no argon2 time.
-    if let Some(retry_after_secs) = login_protection::ip_refusal(&state, &client, now).await? {
-        return Ok(login_protection::ip_blocked(retry_after_secs));
+    if let Some(retry_after_secs) = login_protection::ip_refusal(state, client, now).await? {
+        return Ok(LoginResult::IpBlocked { retry_after_secs });
     }
     // Malformed e-mails and out-of-range passwords cannot match any account: same answer as a wrong
     // password, still after a full verification, so the answer says nothing about which part was wrong.
@@ -284,7 +302,7 @@ pub async fn create_session(
             let lock_notice = |until_ms| {
                 customer
                     .as_ref()
-                    .map(|c| login_protection::lock_notice(&c.id, &c.email, &attempt.id, &client, now, until_ms))
+                    .map(|c| login_protection::lock_notice(&c.id, &c.email, &attempt.id, client, now, until_ms))
             };
             let effects = state.store.record_login_failure(&attempt, outcome, &limits, lock_notice).await?;
             if let Some(until_ms) = effects.account_locked_until_ms {
@@ -313,7 +331,7 @@ pub async fn create_session(
         created_at_ms: now,
         expires_at_ms: now.saturating_add(SESSION_TTL_MS),
     };
-    let notice = login_protection::login_notice(&customer.id, &customer.email, &attempt.id, &client, now);
+    let notice = login_protection::login_notice(&customer.id, &customer.email, &attempt.id, client, now);
     let previous = match state.store.record_login_success(&attempt, &token_hash(&token), &session, &notice).await {
         Ok(previous) => previous,
         // Locked or blocked between the check and now: the same answers as if it had been seen first.
@@ -325,7 +343,7 @@ pub async fn create_session(
         expires_at_ms: session.expires_at_ms,
         previous_login: previous.map(login_protection::LoginView::from),
     };
-    Ok(Json(created).into_response())
+    Ok(LoginResult::Created(created))
 }
 
 /// The authenticated customer behind a valid, unexpired bearer token.
@@ -382,11 +400,18 @@ impl FromRequestParts<AppState> for Customer {
         let value = value.to_str().map_err(|_| Problem::unauthorized("malformed Authorization header"))?;
         let (scheme, token) =
             value.split_once(' ').ok_or_else(|| Problem::unauthorized("malformed Authorization header"))?;
-        let token = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer")
-            || token.len() != SESSION_TOKEN_BYTES * 2
-            || !token.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Problem::unauthorized("malformed bearer token"));
+        }
+        Customer::from_token(state, token.trim()).await
+    }
+}
+
+impl Customer {
+    /// The customer behind a session token, however it was carried: the API's bearer header or the web
+    /// console's session cookie ([`crate::web`]) — one lookup, one expiry and step-up rule for both.
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Customer, Problem> {
+        if token.len() != SESSION_TOKEN_BYTES * 2 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Problem::unauthorized("malformed bearer token"));
         }
         // The lookup compares hashes, not the token: timing can reveal at most a prefix of a sha256,

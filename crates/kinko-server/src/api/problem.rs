@@ -141,7 +141,13 @@ pub async fn ensure_problem_json(resp: Response) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(PROBLEM_CONTENT_TYPE));
-    if is_problem {
+    // The web console's pages (crate::web) answer errors as HTML pages that name the problem.
+    let is_html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_problem || is_html {
         return resp;
     }
     let allow = resp.headers().get(header::ALLOW).cloned();

@@ -464,7 +464,12 @@ async fn k14_btc_psbt_bundle_with_edited_destination_is_refused_offline() {
     let i2 = intent("btc-cold-3b", &to, amount);
     let o = s.sign(&bundle(&s, &i2, &built.psbt), "other-intent", "sign\n");
     refused(&o, &s, "other-intent", "double sign refused");
-    let other_coin = build(&s, &utxos[1..], &to, amount, 0).psbt;
+    // Every coin but the one the signed transaction spends (equal coinbase values tie on the outpoint, so which
+    // coin that is depends on the txids).
+    let spent = built.spent_outpoints();
+    let others: Vec<_> = utxos.iter().filter(|u| !spent.contains(&u.outpoint)).cloned().collect();
+    let other_coin = build(&s, &others, &to, amount, 0).psbt;
+    assert!(other_coin.unsigned_tx.input.iter().all(|i| !spent.contains(&i.previous_output)));
     let o = s.sign(&bundle(&s, &i, &other_coin), "other-coin", "sign\n");
     refused(&o, &s, "other-coin", "double sign refused");
 

@@ -19,26 +19,15 @@
 // overflows sideways at 375 px, and the browser reports no Content-Security-Policy violation.
 //
 // Prints one JSON object on stdout (progress goes to stderr); exits 0 only when every check passed.
+// The shared machinery (recorder, checkPage, browser launch, mail and TOTP helpers) is in ./lib.mjs.
 
-import { chromium } from 'playwright-core';
-import { createHmac } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { createRun, env, launchChromium, mailToken, submit, totp } from './lib.mjs';
 
 const [base, artifacts] = process.argv.slice(2);
 if (!base || !artifacts) {
   console.error('usage: node tests/browser/customer_portal.mjs <base-url> <artifacts-dir>');
   process.exit(2);
 }
-const env = (name, fallback) => {
-  const v = process.env[name] ?? fallback;
-  if (v === undefined) {
-    console.error(`missing environment variable ${name}`);
-    process.exit(2);
-  }
-  return v;
-};
 const CHROMIUM = env('KINKO_CHROMIUM', '/usr/bin/chromium');
 const MAIL_DIR = env('KINKO_WEB_MAIL_DIR');
 const PASSWORD = env('KINKO_WEB_PASSWORD');
@@ -46,176 +35,25 @@ const TOTP_EMAIL = env('KINKO_WEB_TOTP_EMAIL');
 const TOTP_PASSWORD = env('KINKO_WEB_TOTP_PASSWORD');
 const TOTP_SECRET = env('KINKO_WEB_TOTP_SECRET');
 const TOTP_STEP_USED = Number(env('KINKO_WEB_TOTP_STEP_USED'));
-const EXPECTED_CSP =
-  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; " +
-  "frame-ancestors 'none'; base-uri 'none'";
-const WIDTHS = [375, 1280];
 const OVERALL_TIMEOUT_MS = 240_000;
 const MAIL_WAIT_MS = 30_000;
 
-const result = { ok: false, failures: [], pages: [], deposit_address: null, cookie: null, csrf: {}, logout: null };
-const fail = (what) => {
-  console.error(`FAIL: ${what}`);
-  result.failures.push(what);
-};
-const check = (cond, what) => {
-  if (!cond) fail(what);
-  return cond;
-};
-const log = (...a) => console.error('[portal]', ...a);
+const run = createRun({
+  tag: 'portal',
+  artifacts,
+  fields: { deposit_address: null, cookie: null, csrf: {}, logout: null },
+  timeoutMs: OVERALL_TIMEOUT_MS,
+});
+const { result, check, checkPage, problemShown } = run;
 
-setTimeout(() => {
-  fail(`the journey did not finish within ${OVERALL_TIMEOUT_MS} ms`);
-  console.log(JSON.stringify(result));
-  process.exit(1);
-}, OVERALL_TIMEOUT_MS).unref();
-
-// ---------------------------------------------------------------------------------------------------
-// Checks run on every page.
-
-const cspViolations = [];
-
-async function checkPage(page, name, response, { status } = {}) {
-  const entry = { name, url: page.url(), status: response ? response.status() : null, screenshots: [] };
-  result.pages.push(entry);
-  if (status !== undefined) check(entry.status === status, `${name}: HTTP ${entry.status}, expected ${status}`);
-  if (response) {
-    const h = response.headers();
-    check(h['content-security-policy'] === EXPECTED_CSP, `${name}: CSP is ${h['content-security-policy']}`);
-    check(h['x-content-type-options'] === 'nosniff', `${name}: X-Content-Type-Options missing`);
-    check(h['referrer-policy'] === 'no-referrer', `${name}: Referrer-Policy missing`);
-    check((h['cache-control'] || '').includes('no-store'), `${name}: Cache-Control is ${h['cache-control']}`);
-    check((h['content-type'] || '').startsWith('text/html'), `${name}: content type ${h['content-type']}`);
-  }
-  // Never a blank page: a main landmark with a heading.
-  const h1 = await page.locator('main h1').first().textContent().catch(() => null);
-  entry.heading = h1;
-  check(h1 && h1.trim().length > 0, `${name}: no <h1> in <main>`);
-  check((await page.locator('link[rel=stylesheet]').count()) === 1, `${name}: the stylesheet is not linked`);
-  check((await page.locator('script:not([src]), [style]').count()) === 0, `${name}: inline script or style`);
-
-  // Labels: every visible form control has an associated <label> (label[for] or a wrapping label).
-  entry.unlabelled = await page.evaluate(() =>
-    [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-      .filter((el) => !(el.labels && el.labels.length > 0 && [...el.labels].some((l) => l.textContent.trim())))
-      .map((el) => el.outerHTML.slice(0, 120)),
-  );
-  check(entry.unlabelled.length === 0, `${name}: controls without a label: ${entry.unlabelled.join(' | ')}`);
-
-  // Keyboard: Tab from the top of the page reaches every interactive element.
-  const count = await page.evaluate(() => {
-    const all = [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea')];
-    const shown = all.filter((el) => !el.disabled && el.getClientRects().length > 0);
-    shown.forEach((el, i) => el.setAttribute('data-kinko-tab', String(i)));
-    document.activeElement?.blur();
-    return shown.length;
-  });
-  // The skip link is positioned off screen until focused; it still counts (it is the first Tab stop).
-  const reached = new Set();
-  await page.evaluate(() => window.scrollTo(0, 0));
-  await page.locator('body').focus().catch(() => {});
-  for (let i = 0; i < count + 5; i++) {
-    await page.keyboard.press('Tab');
-    const id = await page.evaluate(() => document.activeElement?.getAttribute('data-kinko-tab'));
-    if (id !== null && id !== undefined) reached.add(id);
-  }
-  entry.interactive = count;
-  entry.tab_reached = reached.size;
-  check(count > 0 && reached.size === count, `${name}: Tab reached ${reached.size} of ${count} interactive elements`);
-
-  // Screenshots at each width, and no sideways overflow on the narrow one.
-  await page.evaluate(() => document.activeElement?.blur());
-  for (const width of WIDTHS) {
-    await page.setViewportSize({ width, height: 900 });
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-    check(overflow <= 0, `${name}: ${overflow} px of horizontal overflow at ${width} px`);
-    const file = join(artifacts, `${String(result.pages.length).padStart(2, '0')}-${name}-${width}.png`);
-    await page.screenshot({ path: file, fullPage: true });
-    entry.screenshots.push(file);
-  }
-  await page.setViewportSize({ width: 1280, height: 900 });
-  log(`checked ${name} (${entry.url}, HTTP ${entry.status})`);
-  return entry;
-}
-
-async function problemShown(page, name, text) {
-  const alert = page.locator('[role=alert]');
-  const shown = (await alert.count()) > 0 ? await alert.first().textContent() : '';
-  check(shown.includes(text), `${name}: the page does not name the problem "${text}" (shows: ${shown.trim()})`);
-}
-
-// Submits a form by keyboard-free click and returns the response of the navigation it causes.
-async function submit(page, selector = 'main form button[type=submit]') {
-  const [response] = await Promise.all([page.waitForNavigation(), page.locator(selector).first().click()]);
-  return response;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Helpers outside the browser: the verification mail and TOTP codes.
-
-function verificationToken(email) {
-  const deadline = Date.now() + MAIL_WAIT_MS;
-  while (Date.now() < deadline) {
-    let files = [];
-    try {
-      files = readdirSync(MAIL_DIR).filter((f) => f.endsWith('.eml'));
-    } catch {}
-    for (const f of files) {
-      // Quoted-printable: soft line breaks are "=\r\n".
-      const text = readFileSync(join(MAIL_DIR, f), 'utf8').replace(/\r/g, '').replace(/=\n/g, '');
-      if (!text.includes(email)) continue;
-      const m = text.match(/^Verification token: ([0-9a-f]{64})$/m);
-      if (m) return m[1];
-    }
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 250);
-  }
-  return null;
-}
-
-function base32(text) {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let bits = '';
-  for (const c of text.replace(/=+$/, '')) bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
-  const bytes = [];
-  for (let i = 0; i + 8 <= bits.length; i += 8) bytes.push(parseInt(bits.slice(i, i + 8), 2));
-  return Buffer.from(bytes);
-}
-
-function totp(secret, step) {
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(step));
-  const mac = createHmac('sha1', base32(secret)).update(counter).digest();
-  const offset = mac[mac.length - 1] & 15;
-  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
-}
+const verificationToken = (email) => mailToken(MAIL_DIR, email, /^Verification token: ([0-9a-f]{64})$/m, MAIL_WAIT_MS);
 
 // ---------------------------------------------------------------------------------------------------
 
 async function main() {
-  mkdirSync(artifacts, { recursive: true });
-  for (const f of readdirSync(artifacts)) if (f.endsWith('.png')) rmSync(join(artifacts, f));
-  const profile = mkdtempSync(join(tmpdir(), 'kinko-chromium-'));
-  // A fresh profile every run (playwright takes it as the persistent context's user data directory, which
-  // it passes to Chromium as --user-data-dir).
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    viewport: { width: 1280, height: 900 },
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const { context, page, close } = await launchChromium(CHROMIUM);
   try {
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on('console', (m) => {
-      if (/Content Security Policy|Refused to/i.test(m.text())) cspViolations.push(m.text());
-    });
+    run.watchCsp(page);
     const email = `web-${Date.now()}@example.com`;
     result.email = email;
 
@@ -350,20 +188,10 @@ async function main() {
     check(page.url() === `${base}/portal`, `after the TOTP code the page is ${page.url()}`);
     await checkPage(page, 'dashboard-totp', r, { status: 200 });
 
-    check(cspViolations.length === 0, `the browser reported CSP violations: ${cspViolations.join(' | ')}`);
+    run.checkNoCspViolations();
   } finally {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }
-  for (const p of result.pages) {
-    for (const s of p.screenshots) check(statSync(s).size > 1000, `screenshot ${s} is empty`);
+    await close();
   }
 }
 
-main()
-  .catch((e) => fail(`the journey stopped: ${e && e.stack ? e.stack : e}`))
-  .finally(() => {
-    result.ok = result.failures.length === 0;
-    console.log(JSON.stringify(result));
-    process.exit(result.ok ? 0 : 1);
-  });
+run.main(main);

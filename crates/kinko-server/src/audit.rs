@@ -397,8 +397,10 @@ async fn actor(
     body: &[u8],
 ) -> Result<(ActorKind, String, String), AuditUnavailable> {
     let db = |e: kinko_store::StoreError| AuditUnavailable(e.to_string());
-    // A web console request (#8) carries the same session token in its cookie.
-    if let Some(token) = bearer(headers).or_else(|| crate::web::session_token(headers)) {
+    // A web console request (#8) carries the same session token in its cookie (the operator console's in
+    // its own cookie).
+    let cookie_token = || crate::web::session_token(headers).or_else(|| crate::web::ops::session_token(headers));
+    if let Some(token) = bearer(headers).or_else(cookie_token) {
         let hash = crate::api::ops_auth::sha256_hex(&token);
         if let Some(s) = state.store.operator_session(&hash).await.map_err(db)? {
             let now = now_ms();

@@ -345,3 +345,355 @@ async fn u4_u8_withdrawal_confirmed_from_the_mail_link_page() {
         assert!(again.text.contains(r#"role="alert""#), "{}", again.text);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// web::money (H8): withdrawal, history, address book and wallet binding, login history.
+
+/// The text between `start` (exclusive) and the next `end` in `text`.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text.find(start).unwrap_or_else(|| panic!("{start:?} not in {text}")) + start.len();
+    let len = text[from..].find(end).unwrap_or_else(|| panic!("{end:?} after {start:?} not in {text}"));
+    &text[from..from + len]
+}
+
+fn unescape(html: &str) -> String {
+    html.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+/// U4, U9, U13, M1: the withdrawal form offers only usable saved destinations and goes through the API's
+/// checks, each refusal a page naming it with the API's status: a wrong transaction password (403), a
+/// destination not saved (422), more decimals than the asset has (422), no second factor (403); a right
+/// one with a decimal amount is accepted in base units, waits for the mailed confirmation, and the history
+/// shows it, explained, reloading every 5 s unless paused; cancelled from the history page.
+#[tokio::test]
+async fn u4_u9_u13_web_withdrawal_refusals_and_history() {
+    for ts in test_stores().await {
+        let (app, _) = app_with(&ts.store, |_| {});
+        let email = format!("web-money-{}@example.com", uuid::Uuid::now_v7().simple());
+        let saved = "0x90f79bf6eb2c4f870365e785982e1f101e93b906";
+        let c = support::customer::Customer::new(&app, &email).await;
+        c.save_destination(&app, "ETH", saved).await;
+        support::customer::fund(&ts.store, &c.id, &format!("d-{}", uuid::Uuid::now_v7().simple()), 10u128.pow(18))
+            .await;
+        // The API's session token is the web session (the cookie carries the same token).
+        let session = [("__Host-kinko-session", c.token.as_str())];
+        let page = web(&app, Method::GET, "/portal/withdraw", &session, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        assert_security_headers(&page, "/portal/withdraw");
+        assert!(page.text.contains(&format!(r#"<option value="{saved}""#)), "{}", page.text);
+        let csrf = page.csrf();
+        let key = between(&page.text, r#"name="key" value=""#, "\"").to_string();
+        let post = |fields: Vec<(&'static str, String)>| {
+            let app = app.clone();
+            let token = c.token.clone();
+            async move {
+                let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                web(&app, Method::POST, "/portal/withdraw", &[("__Host-kinko-session", &token)], Some(ORIGIN), &f).await
+            }
+        };
+        let fields = |key: &str, amount: &str, destination: &str, password: &str| {
+            vec![
+                ("csrf", csrf.clone()),
+                ("key", key.to_string()),
+                ("asset", "ETH".to_string()),
+                ("amount", amount.to_string()),
+                ("destination", destination.to_string()),
+                ("transaction_password", password.to_string()),
+            ]
+        };
+        let r = post(fields("web-wrong-tp", "0.25", saved, "not the transaction password")).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:transaction-password-wrong"), "{}", r.text);
+        assert!(r.text.contains("Wrong transaction password") && r.text.contains(r#"role="alert""#), "{}", r.text);
+        let unsaved = "0x15d34aaf54267db7d7c367839aaf71a00a2c6a65";
+        let r = post(fields("web-unsaved", "0.25", unsaved, support::customer::TRANSACTION_PASSWORD)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:destination-not-saved"), "{}", r.text);
+        assert!(r.text.contains("is not a saved destination for ETH"), "{}", r.text);
+        let r =
+            post(fields("web-decimals", "0.0000000000000000001", saved, support::customer::TRANSACTION_PASSWORD)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert!(r.text.contains("has more than 18 digits after the decimal point"), "{}", r.text);
+        let r = post(fields("web-not-a-number", "1e18", saved, support::customer::TRANSACTION_PASSWORD)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert!(r.text.contains("must be a decimal integer"), "the API's own parser answers: {}", r.text);
+        // Without the CSRF token nothing is tried.
+        let mut no_csrf = fields("web-no-csrf", "0.25", saved, support::customer::TRANSACTION_PASSWORD);
+        no_csrf[0].1 = "0".repeat(64);
+        assert_eq!(post(no_csrf).await.status, StatusCode::FORBIDDEN);
+
+        let r = post(fields(&key, "0.25", saved, support::customer::TRANSACTION_PASSWORD)).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        assert!(r.text.contains("awaiting confirmation") && r.text.contains("We e-mailed you a confirmation link"));
+        let id = between(&r.text, r#"<code id="withdrawal-id">"#, "<").to_string();
+        let view = raw_call(&app, Method::GET, &format!("/v1/withdrawals/{id}"), Some(&c.token), None, None).await;
+        assert_eq!(view.json["amount"], "250000000000000000", "{}", view.text);
+        assert_eq!(view.json["status"], "awaiting_confirmation");
+        // The same form again (a double submit) is the same withdrawal.
+        let again = post(fields(&key, "0.25", saved, support::customer::TRANSACTION_PASSWORD)).await;
+        assert_eq!(between(&again.text, r#"<code id="withdrawal-id">"#, "<"), id);
+
+        let history = web(&app, Method::GET, "/portal/history", &session, None, &[]).await;
+        assert_eq!(history.status, StatusCode::OK);
+        assert_security_headers(&history, "/portal/history");
+        assert_eq!(history.headers.get("refresh").and_then(|v| v.to_str().ok()), Some("5"));
+        assert!(history.text.contains(&format!(r#"data-id="{id}""#)), "{}", history.text);
+        assert!(history.text.contains("0.25 ETH") && history.text.contains("awaiting-explained"), "{}", history.text);
+        // `fund` posts to the ledger without a chain deposit: no deposit row to show.
+        assert!(history.text.contains("No deposits yet"), "{}", history.text);
+        let paused = web(&app, Method::GET, "/portal/history?live=0", &session, None, &[]).await;
+        assert!(paused.headers.get("refresh").is_none() && paused.text.contains("Live updates paused"));
+        // Cancelled from the history (the API's cancel: hold released, token dead).
+        let cancel = format!("/portal/withdrawals/{id}/cancel");
+        assert!(history.text.contains(&format!(r#"action="{cancel}""#)), "{}", history.text);
+        let r = web(&app, Method::POST, &cancel, &session, Some(ORIGIN), &[("csrf", csrf.as_str())]).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/portal/history"), "{}", r.text);
+        let view = raw_call(&app, Method::GET, &format!("/v1/withdrawals/{id}"), Some(&c.token), None, None).await;
+        assert_eq!(view.json["status"], "cancelled", "{}", view.text);
+        let r =
+            web(&app, Method::POST, "/portal/withdrawals/w_none/cancel", &session, Some(ORIGIN), &[("csrf", &csrf)])
+                .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        assert!(r.text.contains(r#"role="alert""#), "{}", r.text);
+
+        // No second factor: the API's refusal, named.
+        let plain = format!("web-plain-{}@example.com", uuid::Uuid::now_v7().simple());
+        let (_, plain_token) = register(&app, &plain).await;
+        let plain_session = [("__Host-kinko-session", plain_token.as_str())];
+        let page = web(&app, Method::GET, "/portal/withdraw", &plain_session, None, &[]).await;
+        assert!(page.text.contains(r#"id="no-destinations""#), "{}", page.text);
+        let plain_csrf = page.csrf();
+        let f = [
+            ("csrf", plain_csrf.as_str()),
+            ("key", "web-plain"),
+            ("asset", "ETH"),
+            ("amount", "0.1"),
+            ("destination", saved),
+            ("transaction_password", "x"),
+        ];
+        let r = web(&app, Method::POST, "/portal/withdraw", &plain_session, Some(ORIGIN), &f).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:mfa-required"), "{}", r.text);
+    }
+}
+
+/// U4, U10, U11, U13: the address book page adds an entry with its cooling-off shown (a session without a
+/// fresh step-up is refused, naming the step-up), binds a wallet by a pasted EIP-191 signature over the
+/// API's challenge (a signature by another key refused), removes an entry; the login history lists the
+/// attempts.
+#[tokio::test]
+async fn u4_u11_u13_web_address_book_wallet_binding_and_logins() {
+    use alloy_primitives::eip191_hash_message;
+    use kinko_signer::{SecpKey, SoftwareKey};
+    for ts in test_stores().await {
+        let (app, _) = app_with(&ts.store, |c| c.address_book.cooling_off_ms = 3_600_000);
+        let email = format!("web-book-{}@example.com", uuid::Uuid::now_v7().simple());
+        let c = support::customer::Customer::new(&app, &email).await;
+        let session = [("__Host-kinko-session", c.token.as_str())];
+        let page = web(&app, Method::GET, "/portal/address-book", &session, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        assert_security_headers(&page, "/portal/address-book");
+        assert!(page.text.contains("60 minutes after you save it"), "{}", page.text);
+        let csrf = page.csrf();
+        let dest = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+        let add = [("csrf", csrf.as_str()), ("label", "my <cold> wallet"), ("asset", "ETH"), ("address", dest)];
+        let r = web(&app, Method::POST, "/portal/address-book", &session, Some(ORIGIN), &add).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert!(r.text.contains("my &lt;cold&gt; wallet") && r.text.contains("cooling off until"), "{}", r.text);
+        let r = web(&app, Method::POST, "/portal/address-book", &session, Some(ORIGIN), &add).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:address-book-duplicate"), "{}", r.text);
+        let w = web(&app, Method::GET, "/portal/withdraw", &session, None, &[]).await;
+        assert!(w.text.contains("1 still cooling off"), "the cooling entry is not offered: {}", w.text);
+
+        // A session with the password only (no fresh step-up) is refused, with the way to step up.
+        let weak = support::customer::login(&app, &email).await;
+        let weak_session = [("__Host-kinko-session", weak.as_str())];
+        // The portal itself needs the factor proven on the session first.
+        let gate = web(&app, Method::GET, "/portal/address-book", &weak_session, None, &[]).await;
+        assert_eq!(gate.location(), "/login/second-factor");
+
+        // Wallet binding: the challenge's text, signed by the wallet, pasted back.
+        let key = SoftwareKey::from_secret(&[0x42; 32]).unwrap();
+        let wallet = key.address();
+        let ch = [("csrf", csrf.as_str()), ("address", wallet.as_str())];
+        let r = web(&app, Method::POST, "/portal/wallet-binding/challenge", &session, Some(ORIGIN), &ch).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let message =
+            unescape(between(&r.text, r#"<textarea id="challenge-message" readonly rows="9">"#, "</textarea>"));
+        assert!(message.contains("It moves no funds"), "{message}");
+        let challenge_id = between(&r.text, r#"name="challenge_id" value=""#, "\"").to_string();
+        let sign = |k: &SoftwareKey| {
+            let mut sig = k.sign_prehash(&eip191_hash_message(message.as_bytes()).0).unwrap();
+            sig[64] += 27;
+            format!("0x{}", hex::encode(sig))
+        };
+        let thief = SoftwareKey::from_secret(&[0x43; 32]).unwrap();
+        let bad_sig = sign(&thief);
+        let bind = |sig: &str| {
+            vec![
+                ("csrf", csrf.clone()),
+                ("address", wallet.clone()),
+                ("challenge_id", challenge_id.clone()),
+                ("signature", sig.to_string()),
+            ]
+        };
+        let f = bind(&bad_sig);
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = web(&app, Method::POST, "/portal/wallet-binding", &session, Some(ORIGIN), &f).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:wallet-signature-invalid"), "{}", r.text);
+        // That attempt used the challenge up: a new one for the right signature.
+        let r = web(&app, Method::POST, "/portal/wallet-binding/challenge", &session, Some(ORIGIN), &ch).await;
+        let message =
+            unescape(between(&r.text, r#"<textarea id="challenge-message" readonly rows="9">"#, "</textarea>"));
+        let challenge_id = between(&r.text, r#"name="challenge_id" value=""#, "\"").to_string();
+        let mut sig = key.sign_prehash(&eip191_hash_message(message.as_bytes()).0).unwrap();
+        sig[64] += 27;
+        let good = format!("0x{}", hex::encode(sig));
+        let f = [
+            ("csrf", csrf.as_str()),
+            ("address", wallet.as_str()),
+            ("challenge_id", &challenge_id),
+            ("signature", &good),
+        ];
+        let r = web(&app, Method::POST, "/portal/wallet-binding", &session, Some(ORIGIN), &f).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert!(r.text.contains(r#"id="bound""#) && r.text.contains(&wallet.to_ascii_lowercase()), "{}", r.text);
+        let w = web(&app, Method::GET, "/portal/withdraw", &session, None, &[]).await;
+        assert!(w.text.contains("your bound wallet"), "the bound wallet is a destination at once: {}", w.text);
+
+        // Remove the entry.
+        let entry_id = between(&page_entries(&app, &session).await, r#"<tr data-id=""#, "\"").to_string();
+        let r = web(
+            &app,
+            Method::POST,
+            &format!("/portal/address-book/{entry_id}/delete"),
+            &session,
+            Some(ORIGIN),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/portal/address-book"), "{}", r.text);
+        assert!(!page_entries(&app, &session).await.contains(&entry_id));
+
+        let logins = web(&app, Method::GET, "/portal/logins", &session, None, &[]).await;
+        assert_eq!(logins.status, StatusCode::OK);
+        assert!(
+            logins.text.contains(r#"id="last-login""#)
+                && logins.text.matches("<td class=\"outcome\">success").count() >= 2
+        );
+    }
+}
+
+async fn page_entries(app: &Router, session: &[(&str, &str)]) -> String {
+    web(app, Method::GET, "/portal/address-book", session, None, &[]).await.text
+}
+
+// ---------------------------------------------------------------------------------------------------
+// web::mfa (H7): the security page, TOTP enrolment, the passkey ceremony page, the step-up page and the
+// WebAuthn script. The same pages in Chromium, with a virtual authenticator: crates/kinko/tests/web_mfa.rs.
+
+/// U2, U3, U4: the security page enrols TOTP through the API's handlers (password re-checked, the code
+/// confirms, recovery codes shown once); the passkey ceremony page carries the API's options and loads the
+/// one script, which kinko serves as JavaScript; a missing authenticator answer is named; a step-up only
+/// ever returns to a portal page.
+#[tokio::test]
+async fn u2_u3_u4_web_security_pages_enrol_factors_through_the_api() {
+    for ts in test_stores().await {
+        let (app, _) = app_with(&ts.store, |_| {});
+        let script = web(&app, Method::GET, "/static/webauthn.js", &[], None, &[]).await;
+        assert_eq!(script.status, StatusCode::OK);
+        assert!(script.content_type().starts_with("text/javascript"), "{}", script.content_type());
+        assert!(script.text.contains("navigator.credentials.create"));
+        assert_eq!(script.headers.get("x-content-type-options").unwrap(), "nosniff");
+
+        register(&app, "web-mfa@example.com").await;
+        let (token, _) = web_login(&app, "web-mfa@example.com").await;
+        let session = [("__Host-kinko-session", token.as_str())];
+        let page = web(&app, Method::GET, "/portal/security", &session, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        assert_security_headers(&page, "/portal/security");
+        assert!(page.text.contains("not set up") && !page.text.contains("<script"), "{}", page.text);
+        let csrf = page.csrf();
+
+        // The password is re-checked by the API's handler; a wrong one is named.
+        let wrong = [("csrf", csrf.as_str()), ("password", "not the password at all")];
+        let r = web(&app, Method::POST, "/portal/security/totp", &session, Some(ORIGIN), &wrong).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.text.contains("Second factor refused") && r.text.contains(r#"role="alert""#), "{}", r.text);
+
+        // The passkey ceremony page: the API's options in a data attribute, and the script by src only.
+        let right = [("csrf", csrf.as_str()), ("password", PASSWORD)];
+        let r = web(&app, Method::POST, "/portal/security/passkey", &session, Some(ORIGIN), &right).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(r.text.contains(r#"data-webauthn="create""#), "{}", r.text);
+        assert!(r.text.contains("data-webauthn-options=\"{&quot;publicKey&quot;:"), "{}", r.text);
+        assert!(r.text.contains(r#"<script src="/static/webauthn.js" defer></script>"#), "{}", r.text);
+        let none = [("csrf", csrf.as_str()), ("credential", "")];
+        let r = web(&app, Method::POST, "/portal/security/passkey/finish", &session, Some(ORIGIN), &none).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert!(r.text.contains("gave no passkey answer"), "{}", r.text);
+
+        // TOTP: the QR code and the key, then a code computed from that key.
+        let r = web(&app, Method::POST, "/portal/security/totp", &session, Some(ORIGIN), &right).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert!(r.text.contains(r#"id="totp-qr" src="data:image/svg+xml;base64,"#), "{}", r.text);
+        let secret = between(&r.text, r#"id="totp-secret" class="address">"#, "<").to_string();
+        let enrolment = between(&r.text, r#"name="enrolment_id" value=""#, "\"").to_string();
+        // The key as an authenticator app would take it from the text (the QR code holds the same URI).
+        let totp = totp_rs::Totp::from_url(format!("otpauth://totp/kinko:web-mfa?secret={secret}&issuer=kinko"))
+            .expect("the page shows a base32 key");
+        let code = totp.generate(support::customer::now_secs()).to_string();
+        let form = [("csrf", csrf.as_str()), ("enrolment_id", enrolment.as_str()), ("code", code.as_str())];
+        let r = web(&app, Method::POST, "/portal/security/totp/confirm", &session, Some(ORIGIN), &form).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let codes: Vec<String> =
+            r.text.split("<li><code>").skip(1).map(|c| c.split('<').next().unwrap_or_default().to_string()).collect();
+        assert_eq!(codes.len(), 10, "{}", r.text);
+        // The session must now prove the factor before the portal opens.
+        let r = web(&app, Method::GET, "/portal/security", &session, None, &[]).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/login/second-factor"));
+
+        // Log in again with a recovery code (no passkey offered: none registered).
+        let (token, _) = web_login(&app, "web-mfa@example.com").await;
+        let session = [("__Host-kinko-session", token.as_str())];
+        let r = web(&app, Method::GET, "/login/second-factor", &session, None, &[]).await;
+        assert!(!r.text.contains("passkey-choice"), "no passkey yet: {}", r.text);
+        let csrf = r.csrf();
+        let form = [("csrf", csrf.as_str()), ("method", "recovery_code"), ("code", codes[0].as_str())];
+        let r = web(&app, Method::POST, "/login/second-factor", &session, Some(ORIGIN), &form).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/portal"), "{}", r.text);
+
+        // A step-up returns only to portal pages.
+        for (next, kept) in [
+            ("/portal/withdraw", "/portal/withdraw"),
+            ("%2F%2Fevil.example%2F", "/portal"),
+            ("https%3A%2F%2Fevil.example%2Fportal", "/portal"),
+            ("/login", "/portal"),
+        ] {
+            let r = web(&app, Method::GET, &format!("/portal/step-up?next={next}"), &session, None, &[]).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            assert!(r.text.contains(&format!(r#"name="next" value="{kept}""#)), "{next}: {}", r.text);
+        }
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("method", "recovery_code"),
+            ("code", codes[1].as_str()),
+            ("next", "//evil.example"),
+        ];
+        let r = web(&app, Method::POST, "/portal/step-up", &session, Some(ORIGIN), &form).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/portal"), "{}", r.text);
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("method", "recovery_code"),
+            ("code", codes[1].as_str()),
+            ("next", "/portal/security"),
+        ];
+        let r = web(&app, Method::POST, "/portal/step-up", &session, Some(ORIGIN), &form).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "a used recovery code: {}", r.text);
+        assert!(r.text.contains("Second factor refused"), "{}", r.text);
+        let r = web(&app, Method::GET, "/portal/security", &session, None, &[]).await;
+        assert!(r.text.contains("8 recovery codes left"), "{}", r.text);
+    }
+}

@@ -9,16 +9,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use kinko_store::testing::sqlite_store;
 use serde_json::{Value, json};
+use support::browser::{self, page_status};
 use support::{CUSTOMER_PASSWORD, Harness};
 
-/// Chromium as Debian installs it; `KINKO_CHROMIUM` overrides.
-const CHROMIUM_DEFAULT: &str = "/usr/bin/chromium";
 /// Pages the journey must have visited and checked, in order.
 const PAGES: &[&str] = &[
     "signup",
@@ -38,28 +35,6 @@ const PAGES: &[&str] = &[
     "second-factor-error",
     "dashboard-totp",
 ];
-const WIDTHS_PX: &[u32] = &[375, 1280];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root")
-}
-
-/// Fails (never skips) when the browser or its driver is missing, naming the command that installs it.
-fn browser_prerequisites(root: &Path) -> PathBuf {
-    let chromium = std::env::var_os("KINKO_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| CHROMIUM_DEFAULT.into());
-    assert!(
-        chromium.is_file(),
-        "Chromium not found at {}: the web console's browser tests need it. Install it with \
-         `sudo apt-get install -y chromium` (Debian 12), or set KINKO_CHROMIUM to a Chromium binary.",
-        chromium.display()
-    );
-    assert!(
-        root.join("node_modules/playwright-core/package.json").is_file(),
-        "playwright-core not found in {}/node_modules: run `npm install` in the repository (package.json pins it)",
-        root.display()
-    );
-    chromium
-}
 
 /// A customer enrolled in TOTP through the API, for the script's second-factor log-in: (e-mail, base32
 /// secret, the 30 s step whose code was used to confirm the enrolment).
@@ -142,73 +117,32 @@ async fn api_deposit_address(base: &str, email: &str) -> String {
 /// at two widths and checked for labels, keyboard reach and CSP, and every refusal named on its page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn m1_u4_u10_u11_customer_portal_in_chromium() {
-    let root = repo_root();
-    let chromium = browser_prerequisites(&root);
+    let root = browser::repo_root();
+    let chromium = browser::browser_prerequisites(&root);
     let mut h = Harness::new(sqlite_store().await, &[], 1, 60_000).await;
     // The real onboarding: the e-mail is verified with the mailed token, not automatically.
     h.config.onboarding.dev_auto_verify = false;
     let _kinko = h.start_in_process().await;
     let base = h.api_base();
-    support::wait_for("kinko to answer", Duration::from_secs(30), None, || async {
-        reqwest::get(format!("{base}/healthz")).await.ok().filter(|r| r.status().is_success())
-    })
-    .await;
+    browser::wait_until_serving(&base).await;
     let (totp_email, totp_secret, totp_step_used) = totp_customer(&base).await;
 
-    let artifacts = root.join("target/test-artifacts/web");
-    let output = tokio::task::spawn_blocking({
-        let (root, base, artifacts, mail_dir) = (root.clone(), base.clone(), artifacts.clone(), h.mail_dir());
-        move || {
-            Command::new("node")
-                .current_dir(&root)
-                .arg("tests/browser/customer_portal.mjs")
-                .arg(&base)
-                .arg(&artifacts)
-                .env("KINKO_CHROMIUM", &chromium)
-                .env("KINKO_WEB_MAIL_DIR", &mail_dir)
-                .env("KINKO_WEB_PASSWORD", CUSTOMER_PASSWORD)
-                .env("KINKO_WEB_TOTP_EMAIL", &totp_email)
-                .env("KINKO_WEB_TOTP_PASSWORD", CUSTOMER_PASSWORD)
-                .env("KINKO_WEB_TOTP_SECRET", &totp_secret)
-                .env("KINKO_WEB_TOTP_STEP_USED", totp_step_used.to_string())
-                .output()
-                .expect("run node (Node.js 20 is a prerequisite)")
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report: Value =
-        stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_else(|| {
-            panic!("the browser script printed no JSON report\nstdout:\n{stdout}\nstderr:\n{stderr}")
-        });
-    assert!(
-        output.status.success() && report["ok"] == true,
-        "the browser journey failed ({}): {:#}\nstderr:\n{stderr}",
-        output.status,
-        report["failures"]
-    );
+    let artifacts = browser::artifacts_dir(&root, "web");
+    let env = vec![
+        ("KINKO_WEB_MAIL_DIR", h.mail_dir().display().to_string()),
+        ("KINKO_WEB_PASSWORD", CUSTOMER_PASSWORD.to_string()),
+        ("KINKO_WEB_TOTP_EMAIL", totp_email),
+        ("KINKO_WEB_TOTP_PASSWORD", CUSTOMER_PASSWORD.to_string()),
+        ("KINKO_WEB_TOTP_SECRET", totp_secret),
+        ("KINKO_WEB_TOTP_STEP_USED", totp_step_used.to_string()),
+    ];
+    let report =
+        browser::run_script(&root, &chromium, "tests/browser/customer_portal.mjs", &base, &artifacts, env).await;
 
     // Every page was visited, captured at both widths and passed the label and keyboard checks.
-    let pages = report["pages"].as_array().expect("pages");
-    let names: Vec<&str> = pages.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, PAGES, "pages visited");
-    for p in pages {
-        assert_eq!(p["unlabelled"].as_array().map(Vec::len), Some(0), "unlabelled controls on {}", p["name"]);
-        assert_eq!(p["tab_reached"], p["interactive"], "Tab reach on {}", p["name"]);
-        let shots = p["screenshots"].as_array().expect("screenshots");
-        assert_eq!(shots.len(), WIDTHS_PX.len(), "screenshots of {}", p["name"]);
-        for (shot, width) in shots.iter().zip(WIDTHS_PX) {
-            let path = PathBuf::from(shot.as_str().unwrap());
-            assert!(path.to_string_lossy().ends_with(&format!("-{width}.png")), "{} at {width} px", path.display());
-            assert!(path.starts_with(&artifacts), "{} outside {}", path.display(), artifacts.display());
-            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("screenshot {}: {e}", path.display()));
-            assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
-        }
-    }
+    browser::assert_pages_checked(&report, PAGES, &artifacts);
     // The refusals were named on their pages with the API's status.
-    let status_of = |name: &str| pages.iter().find(|p| p["name"] == name).and_then(|p| p["status"].as_u64());
+    let status_of = |name: &str| page_status(&report, name);
     assert_eq!(status_of("signup-error"), Some(409));
     assert_eq!(status_of("login-error"), Some(401));
     assert_eq!(status_of("deposit-error"), Some(422));

@@ -18,6 +18,9 @@
 //!   session exists (sign up, log in, e-mail verification) are bound the same way to a pre-session cookie
 //!   ([`PRE_SESSION_COOKIE`]), so log-in CSRF is refused too.
 
+pub mod mfa;
+pub mod money;
+pub mod ops;
 pub mod pages;
 pub mod portal;
 
@@ -77,6 +80,39 @@ pub fn routes() -> Router<AppState> {
             crate::api::withdrawal_confirmation::CONFIRM_PAGE_PATH,
             get(portal::confirm_withdrawal_form).post(portal::confirm_withdrawal),
         )
+        // web::money (H8): history with live status, withdrawal, address book and wallet binding, logins.
+        .route(money::HISTORY_PATH, get(money::history))
+        .route(money::WITHDRAW_PATH, get(money::withdraw_form).post(money::withdraw))
+        .route(money::ADDRESS_BOOK_PATH, get(money::address_book_view).post(money::add_entry))
+        .route("/portal/address-book/{id}/delete", post(money::remove_entry))
+        .route("/portal/wallet-binding/challenge", post(money::wallet_challenge))
+        .route("/portal/wallet-binding", post(money::bind_wallet))
+        .route(money::LOGINS_PATH, get(money::logins))
+        .route("/portal/withdrawals/{id}/cancel", post(money::cancel_withdrawal))
+        // web::mfa (H7): second factors — TOTP and passkey enrolment, passkey log-in, step-up.
+        .route(mfa::SECURITY_PATH, get(mfa::security))
+        .route("/portal/security/totp", post(mfa::start_totp))
+        .route("/portal/security/totp/confirm", post(mfa::confirm_totp))
+        .route("/portal/security/passkey", post(mfa::start_passkey))
+        .route("/portal/security/passkey/finish", post(mfa::finish_passkey))
+        .route("/login/second-factor/passkey", post(mfa::login_passkey_start))
+        .route("/login/second-factor/passkey/finish", post(mfa::login_passkey_finish))
+        .route(mfa::STEP_UP_PATH, get(mfa::step_up_form).post(mfa::step_up))
+        .route("/portal/step-up/passkey", post(mfa::step_up_passkey_start))
+        .route("/portal/step-up/passkey/finish", post(mfa::step_up_passkey_finish))
+        .route(mfa::WEBAUTHN_JS_PATH, get(mfa::webauthn_js))
+        // web::ops (H9): the operator console — log-in, approval queue, decoded request, inspection, freezes,
+        // reconciliation, audit trail.
+        .route(ops::OPS_LOGIN_PATH, get(ops::login_form).post(ops::login))
+        .route("/ops/logout", post(ops::logout))
+        .route(ops::OPS_QUEUE_PATH, get(ops::queue))
+        .route("/ops/requests/{id}", get(ops::request))
+        .route("/ops/requests/{id}/decision", post(ops::decision))
+        .route("/ops/requests/{id}/inspect", post(ops::inspect))
+        .route(ops::OPS_INSPECTION_PATH, get(ops::inspection))
+        .route(ops::OPS_FREEZES_PATH, get(ops::freezes).post(ops::freeze))
+        .route(ops::OPS_RECONCILIATION_PATH, get(ops::reconciliation).post(ops::run_reconciliation))
+        .route(ops::OPS_AUDIT_PATH, get(ops::audit))
         .route(STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::from_fn(check_origin))
         .layer(axum::middleware::map_response(security_headers))

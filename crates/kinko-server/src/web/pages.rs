@@ -47,6 +47,13 @@ pub fn layout(title: &str, nav: Nav<'_>, body: Markup) -> Markup {
                             Nav::Customer { csrf } => {
                                 a href="/portal" { "Balances" }
                                 a href="/portal/deposit" { "Deposit" }
+                                // web::money (H8).
+                                a href="/portal/withdraw" { "Withdraw" }
+                                a href="/portal/history" { "History" }
+                                a href="/portal/address-book" { "Address book" }
+                                a href="/portal/logins" { "Logins" }
+                                // web::mfa (H7).
+                                a href="/portal/security" { "Security" }
                                 (logout_form(csrf))
                             }
                             Nav::Pending { csrf } => {

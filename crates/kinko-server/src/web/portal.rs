@@ -38,7 +38,7 @@ const CONFIRMATION_ANSWER_BYTES_MAX: usize = 4 * 1024;
 /// The QR code's smallest side in pixels; scanners need a few pixels per module.
 const QR_SIZE_MIN_PX: u32 = 240;
 
-fn form<T>(parsed: Result<Form<T>, FormRejection>) -> Result<T, Problem> {
+pub(super) fn form<T>(parsed: Result<Form<T>, FormRejection>) -> Result<T, Problem> {
     // The rejection's text can quote submitted values, so it is not shown.
     parsed.map(|Form(f)| f).map_err(|_| {
         Problem::validation(vec![FieldError::new("form", "could not be read: open the page again and resubmit")])
@@ -263,7 +263,7 @@ pub struct SecondFactorForm {
     code: String,
 }
 
-fn second_factor_page(session: &WebSession, problem: Option<&Problem>) -> Markup {
+fn second_factor_page(session: &WebSession, passkey: bool, problem: Option<&Problem>) -> Markup {
     let body = html! {
         h1 { "Second factor" }
         @if let Some(p) = problem { (problem_summary(p)) }
@@ -284,12 +284,15 @@ fn second_factor_page(session: &WebSession, problem: Option<&Problem>) -> Markup
             }
             button type="submit" { "Continue" }
         }
+        // web::mfa (H7): a customer with a passkey may use it instead.
+        @if passkey { (super::mfa::passkey_choice("/login/second-factor/passkey", &session.csrf(), None)) }
     };
     layout("Second factor", Nav::Pending { csrf: &session.csrf() }, body)
 }
 
-pub async fn second_factor_form(PendingSession(session): PendingSession) -> Response {
-    respond(StatusCode::OK, second_factor_page(&session, None), &[])
+pub async fn second_factor_form(State(state): State<AppState>, PendingSession(session): PendingSession) -> Response {
+    let passkey = super::mfa::offers_passkey(&state, &session.customer.id).await;
+    respond(StatusCode::OK, second_factor_page(&session, passkey, None), &[])
 }
 
 /// Proves the factor through the API's step-up ([`mfa::step_up`]), which also opens the step-up window.
@@ -298,14 +301,15 @@ pub async fn second_factor(
     PendingSession(session): PendingSession,
     parsed: Result<Form<SecondFactorForm>, FormRejection>,
 ) -> Response {
+    let passkey = super::mfa::offers_passkey(&state, &session.customer.id).await;
     let f = match form(parsed).and_then(|f| session.check_csrf(&f.csrf).map(|()| f)) {
         Ok(f) => f,
-        Err(p) => return respond(p.status, second_factor_page(&session, Some(&p)), &[]),
+        Err(p) => return respond(p.status, second_factor_page(&session, passkey, Some(&p)), &[]),
     };
     let body = StepUpBody { method: f.method, code: f.code };
     match mfa::step_up(State(state), session.customer.clone(), ApiJson(body)).await {
         Ok(_) => Redirect::to("/portal").into_response(),
-        Err(p) => respond(p.status, second_factor_page(&session, Some(&p)), &[]),
+        Err(p) => respond(p.status, second_factor_page(&session, passkey, Some(&p)), &[]),
     }
 }
 
@@ -334,7 +338,7 @@ pub async fn logout(
 // The dashboard and the deposit address.
 
 /// Display decimals of an asset (ETH: 18; a token: its configured decimals), `None` when unknown.
-fn asset_decimals(state: &AppState, code: &str) -> Option<u8> {
+pub(super) fn asset_decimals(state: &AppState, code: &str) -> Option<u8> {
     if code == "ETH" {
         return Some(18);
     }
@@ -342,7 +346,7 @@ fn asset_decimals(state: &AppState, code: &str) -> Option<u8> {
     tokens.asset_specs().into_iter().find(|s| s.code.as_str() == code).map(|s| s.decimals)
 }
 
-fn amount_text(state: &AppState, asset: &str, amount: kinko_core::Amount) -> String {
+pub(super) fn amount_text(state: &AppState, asset: &str, amount: kinko_core::Amount) -> String {
     match asset_decimals(state, asset) {
         Some(d) => format!("{} {asset}", amount.display_with_decimals(d)),
         None => format!("{amount} (base units) {asset}"),
@@ -404,7 +408,13 @@ pub async fn dashboard(State(state): State<AppState>, session: WebSession) -> Re
                 dt { "Identity (KYC)" }
                 dd { (kyc.state.replace('_', " ")) }
                 dt { "Second factor" }
-                dd { @if factors.totp { "authenticator app active" } @else { "none — withdrawals need one" } }
+                // web::mfa (H7): passkeys count too, and the security page manages both.
+                dd { @if factors.totp || factors.passkeys > 0 {
+                        @if factors.totp { "authenticator app active" }
+                        @if factors.totp && factors.passkeys > 0 { "; " }
+                        @if factors.passkeys > 0 { (factors.passkeys) " passkey(s)" }
+                        " — " a href="/portal/security" { "manage" }
+                    } @else { "none — withdrawals need one: " a href="/portal/security" { "set one up" } } }
             }
         }
         section aria-labelledby="logins-heading" {

@@ -2,6 +2,9 @@
 //! custody set-up, `kinko serve` as a child process or in-process, and a small API client.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod operators;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -135,6 +138,8 @@ const TOKEN_LINE_PREFIX: &str = "Confirmation token:";
 /// The customer's second factor as the harness holds it (shared by clones of one [`Customer`]).
 struct Factor {
     totp: totp_rs::Totp,
+    /// The base32 secret of the otpauth URI, for a browser test that computes codes itself.
+    secret: String,
     recovery_codes: Vec<String>,
     /// The newest TOTP time step used: codes are single use per 30 s step.
     step_used: u64,
@@ -184,7 +189,9 @@ impl Customer {
         let post = |path: &str, body: Value| http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send();
         let r: Value =
             post("/v1/mfa/totp", json!({"password": CUSTOMER_PASSWORD})).await.unwrap().json().await.unwrap();
-        let totp = totp_rs::Totp::from_url(r["otpauth_uri"].as_str().expect("otpauth_uri")).unwrap();
+        let uri = r["otpauth_uri"].as_str().expect("otpauth_uri");
+        let totp = totp_rs::Totp::from_url(uri).unwrap();
+        let secret = uri.split(['?', '&']).find_map(|p| p.strip_prefix("secret=")).expect("secret").to_string();
         let now = now_secs();
         let body = json!({"enrolment_id": r["enrolment_id"], "code": totp.generate(now).to_string()});
         let r = post("/v1/mfa/totp/confirm", body).await.unwrap();
@@ -192,7 +199,7 @@ impl Customer {
         let r: Value = r.json().await.unwrap();
         let recovery_codes =
             r["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
-        let factor = Factor { totp, recovery_codes, step_used: now / 30 };
+        let factor = Factor { totp, secret, recovery_codes, step_used: now / 30 };
         let mut c = Customer {
             base: base.into(),
             http: http.clone(),
@@ -238,6 +245,13 @@ impl Customer {
             .await?;
         assert_eq!(r.status(), 200, "step up {}: {}", self.email, r.text().await.unwrap_or_default());
         Ok(())
+    }
+
+    /// The TOTP secret (base32) and the newest 30 s step used, for a browser script that logs this customer
+    /// in with a code of its own (it must use a later step).
+    pub fn totp_for_browser(&self) -> (String, u64) {
+        let f = self.factor.lock().unwrap();
+        (f.secret.clone(), f.step_used)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Result<Value> {

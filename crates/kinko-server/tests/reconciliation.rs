@@ -250,6 +250,10 @@ async fn l3_k19_s5_incident_replay_unknown_spend_frozen_within_one_block_and_unf
             matches!(own_status, WithdrawalStatus::Broadcast | WithdrawalStatus::Confirmed | WithdrawalStatus::Settled),
             "{name}: {own_status:?}"
         );
+        // Broadcast is not yet mined: anvil may answer the send before its block is visible, and the scan reads
+        // only blocks that exist. Wait for the receipt, as for the external spend below.
+        let sent = store.tx_versions(&own).await.unwrap().pop().expect("the pipeline broadcast a transaction");
+        w.anvil.mined_block(&sent.tx_hash).await.unwrap();
         let r = reconciler.scan(&store, &w.rpc, &*signer, now_ms()).await.unwrap();
         assert_eq!(r.known_spends.len(), 1, "{name}: {r:?}");
         assert!(r.unknown_spends.is_empty() && r.freezes.is_empty(), "{name}: {r:?}");

@@ -8,15 +8,14 @@ mod support;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use kinko_core::Amount;
 use kinko_core::operator_registry::{RegistryChange, RegistryChangeKind};
 use kinko_core::operators::{ApprovalSubject, Decision, Process, Role};
-use kinko_core::policy::{Action, PolicyClass, QuorumBand};
 use kinko_core::withdrawal::WithdrawalStatus;
 use kinko_server::app::{HOT_KEY_ID, Running};
 use kinko_signer::Approval;
-use kinko_signer::approvals::{QuorumBand as SignerBand, SigningQuorumConfig, sign_approval};
+use kinko_signer::approvals::sign_approval;
 use kinko_store::ops_requests::{OpsApprovalRow, insert_ops_approval_tx};
+use support::operators::configure_quorums;
 use support::{Customer, ETH, Harness, outside_address, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -85,23 +84,6 @@ async fn store_approval(h: &Harness, id: &str, intent_hash_hex: &str, seed: u8, 
     insert_ops_approval_tx(&mut tx, &row).await.unwrap();
     tx.commit().await.unwrap();
     approval
-}
-
-/// The server asks for 2 of 3 approvals above 1 ETH (hot_large); the signer itself demands 2 above 1 ETH.
-fn configure_quorums(h: &mut Harness) {
-    let mut policy = kinko_server::config::dev_hot_policy();
-    policy.class = PolicyClass::HotLarge;
-    policy.quorum_bands = vec![QuorumBand { from: Amount::from_base_units(0), approvals: 2, approvers: 3 }];
-    policy.per_tx_limit.max = Amount::from_base_units(ETH);
-    policy.per_tx_limit.on_breach = Action::NeedsApproval;
-    h.config.policies = vec![policy];
-    h.config.signer.quorum = vec![SigningQuorumConfig {
-        key_id: HOT_KEY_ID.into(),
-        asset: "ETH".into(),
-        class: PolicyClass::HotLarge,
-        auto_max: Some(Amount::from_base_units(ETH)),
-        bands: vec![SignerBand { from: Amount::from_base_units(0), approvals: 2 }],
-    }];
 }
 
 /// O2, K11, K12: with one valid approval of the two the signer demands (M−1) and the withdrawal row edited

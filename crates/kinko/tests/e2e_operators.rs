@@ -8,116 +8,25 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::operators::{self, Op as Operator, add_operator, approve, find_key, kinko, last_json, ok, ops};
 use support::{Harness, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const PASSPHRASE: &str = "operator key passphrase 1";
-
-/// Runs `kinko ARGS` with `envs`; returns the output (the caller asserts on the status).
-fn kinko(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinko"));
-    cmd.args(args).env("RUST_LOG", "warn").env_remove("KINKO_OPS_TOKEN").env_remove("KINKO_OPS_SERVER");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run kinko")
-}
-
-fn ok(what: &str, out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// The first JSON value anywhere in `v` under `key` (responses nest the token differently per endpoint).
-fn find_key<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    match v {
-        Value::Object(map) => map.get(key).or_else(|| map.values().find_map(|x| find_key(x, key))),
-        Value::Array(items) => items.iter().find_map(|x| find_key(x, key)),
-        _ => None,
-    }
-}
-
-/// The JSON document a command printed (it may be preceded by the request it showed).
-fn last_json(stdout: &str) -> Value {
-    if let Ok(v) = serde_json::from_str(stdout) {
-        return v;
-    }
-    let start = stdout.rfind("\n{").map(|i| i + 1).expect("json in output");
-    serde_json::from_str(&stdout[start..]).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-struct Operator {
-    id: String,
-    key_file: String,
-    public_key: String,
-    token: Option<String>,
-}
-
+/// `kinko operator keygen`, checking that it prints the public key and nothing else.
 fn keygen(dir: &Path, id: &str, first_admin: Option<&Path>) -> Operator {
-    let key_file = dir.join(format!("{id}.key.json")).display().to_string();
-    let mut args = vec!["operator", "keygen", "--id", id, "--out", &key_file, "--passphrase-env", "KINKO_TEST_PASS"];
-    let genesis;
-    if let Some(g) = first_admin {
-        genesis = g.display().to_string();
-        args.extend(["--first-admin", &genesis]);
-    }
-    let out = ok("keygen", kinko(&args, &[("KINKO_TEST_PASS", PASSPHRASE)]));
-    let public_key = out.trim().to_string();
-    assert_eq!(public_key.len(), 64, "keygen prints only the public key hex: {out:?}");
-    assert!(!out.contains("ciphertext"), "nothing but the public key on stdout");
-    Operator { id: id.into(), key_file, public_key, token: None }
+    let op = operators::keygen(dir, id, first_admin);
+    assert_eq!(op.public_key.len(), 64, "keygen prints only the public key hex: {:?}", op.public_key);
+    assert!(!op.public_key.contains("ciphertext"), "nothing but the public key on stdout");
+    op
 }
 
 fn enrol_and_login(server: &str, op: &mut Operator, enrolment_token: &str) {
-    let password = format!("password of {} 123", op.id);
-    let envs = [("KINKO_OPS_SERVER", server), ("T", enrolment_token), ("PW", password.as_str())];
-    let uri = ok("enrol", kinko(&["ops", "enrol", "--id", &op.id, "--token-env", "T", "--password-env", "PW"], &envs));
-    let totp = totp_rs::Totp::from_url(uri.trim()).unwrap_or_else(|e| panic!("otpauth URI {uri:?}: {e:?}"));
-    let code = totp.generate_current().to_string();
-    let envs = [("KINKO_OPS_SERVER", server), ("PW", password.as_str()), ("C", code.as_str())];
-    let out = ok("login", kinko(&["ops", "login", "--id", &op.id, "--password-env", "PW", "--totp-env", "C"], &envs));
-    let token = out.trim().strip_prefix("export KINKO_OPS_TOKEN=").unwrap_or_else(|| panic!("{out:?}"));
-    op.token = Some(token.to_string());
-}
-
-/// `kinko ops ARGS` as `op`, with the key passphrase in the environment.
-fn ops(server: &str, op: &Operator, args: &[&str]) -> Output {
-    let mut full = vec!["ops"];
-    full.extend_from_slice(args);
-    let token = op.token.as_deref().expect("logged in");
-    kinko(&full, &[("KINKO_OPS_SERVER", server), ("KINKO_OPS_TOKEN", token), ("KINKO_TEST_PASS", PASSPHRASE)])
-}
-
-fn add_operator(server: &str, by: &Operator, id: &str, public_key: &str, role: &str) -> Value {
-    let args = [
-        "registry",
-        "add-operator",
-        "--id",
-        id,
-        "--public-key",
-        public_key,
-        "--role",
-        role,
-        "--key",
-        &by.key_file,
-        "--passphrase-env",
-        "KINKO_TEST_PASS",
-    ];
-    last_json(&ok("registry add-operator", ops(server, by, &args)))
-}
-
-fn approve(server: &str, by: &Operator, id: &str) -> Output {
-    ops(server, by, &["approve", id, "--key", &by.key_file, "--passphrase-env", "KINKO_TEST_PASS", "--yes"])
+    operators::enrol(server, op, enrolment_token);
+    operators::login(server, op);
 }
 
 async fn registry_head(server: &str, op: &Operator) -> u64 {

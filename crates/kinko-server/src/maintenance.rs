@@ -1,10 +1,11 @@
 //! Maintenance windows and the public status (S4).
 //!
 //! Operations managers and administrators announce a window ahead (`POST /v1/ops/maintenance-windows`);
-//! customers see it at `GET /v1/status` before it starts. While a window is in force every customer route
+//! customers see it at `GET /v1/status` before it starts. While a window is in force every customer API route
 //! answers 503 problem+json carrying the notice and `Retry-After` (the [`gate`] middleware); the ops API,
 //! `/v1/status`, `/metrics`, `/healthz`, `/readyz` and `/openapi.json` keep working, so operators can do the
-//! maintenance, watch it, and cancel or shorten it.
+//! maintenance, watch it, and cancel or shorten it. The web console's customer pages answer an HTML page with
+//! the same notice (`web::pages::maintenance_page`); the operators' console (`/ops`) keeps working.
 //!
 //! `GET /v1/status` needs no authentication and answers 200 whatever else fails: a part it cannot read is
 //! `null` ("unknown"). It tells customers about windows, halted withdrawals (node monitor, C6, C10), the
@@ -39,25 +40,40 @@ pub const START_SLACK_MS: i64 = 60_000;
 /// `Retry-After` when the maintenance state itself cannot be read.
 pub const UNKNOWN_RETRY_AFTER_SECS: u64 = 5;
 
-/// Paths that keep answering during a window.
+/// Paths that keep answering during a window: the operators' API and console (they do the maintenance),
+/// the console's stylesheet and script, and the public status and probes.
 fn exempt(path: &str) -> bool {
     path == "/v1/ops"
         || path.starts_with("/v1/ops/")
+        || path == "/ops"
+        || path.starts_with("/ops/")
+        || path.starts_with("/static/")
         || matches!(path, "/v1/status" | "/metrics" | "/healthz" | "/readyz" | "/openapi.json")
+}
+
+/// Whether the path is one of the web console's pages rather than the JSON API: those answer a window with
+/// an HTML page carrying the notice (issue #8: never a blank page or raw JSON in the browser).
+fn is_page(path: &str) -> bool {
+    !(path.starts_with("/v1/") || path == "/v1")
 }
 
 /// Middleware: during a window, every customer route answers 503 with the notice and `Retry-After` (the
 /// seconds until the window ends). If the windows cannot be read the answer is 503 too (fail closed: a
 /// customer action during an unannounced-but-maybe-running maintenance is the worse outcome).
 pub async fn gate(State(store): State<Store>, req: Request, next: Next) -> Response {
-    if exempt(req.uri().path()) {
+    let path = req.uri().path();
+    if exempt(path) {
         return next.run(req).await;
     }
+    let page = is_page(path);
     let now = now_ms();
     match store.current_maintenance_window(now).await {
         Ok(None) => next.run(req).await,
         Ok(Some(w)) => {
             let retry_after_secs = u64::try_from(w.ends_at_ms.saturating_sub(now)).unwrap_or(0).div_ceil(1_000).max(1);
+            if page {
+                return crate::web::pages::maintenance_page(Some((&w.message, w.ends_at_ms)), retry_after_secs).await;
+            }
             let body = serde_json::json!({
                 "type": "urn:kinko:problem:maintenance",
                 "title": "maintenance in progress",
@@ -69,6 +85,9 @@ pub async fn gate(State(store): State<Store>, req: Request, next: Next) -> Respo
         }
         Err(e) => {
             tracing::warn!(error = %e, "maintenance state unavailable; refusing customer requests");
+            if page {
+                return crate::web::pages::maintenance_page(None, UNKNOWN_RETRY_AFTER_SECS).await;
+            }
             let body = serde_json::json!({
                 "type": "urn:kinko:problem:status-unavailable",
                 "title": "service status unavailable",

@@ -62,6 +62,22 @@ async fn s4_window_announced_ahead_then_503_with_notice_and_retry_after_while_op
             let r = o.call(m, path, None, Some(json!({}))).await;
             assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {path}");
         }
+        // The web console's customer pages answer with an HTML page carrying the notice (#8: never a blank
+        // page or raw JSON in a browser), with the console's security headers; the operators' console and
+        // its stylesheet keep answering, since operators do the maintenance through it.
+        for path in ["/", "/login", "/portal", "/portal/withdraw", "/no-such-page"] {
+            let (status, headers, html) = raw_text(&o, Method::GET, path, None).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {path}");
+            assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"), "{name}: {path}");
+            assert!(headers.contains_key("retry-after"), "{name}: {path}");
+            assert!(headers["content-security-policy"].to_str().unwrap().contains("script-src"), "{name}: {path}");
+            assert!(html.contains("Maintenance in progress"), "{name}: {path}: {html}");
+            assert!(html.contains("database migration until 10:00 UTC"), "{name}: {path}: the operators' notice");
+        }
+        for path in ["/ops/login", "/static/kinko.css"] {
+            let (status, _, _) = raw_text(&o, Method::GET, path, None).await;
+            assert_eq!(status, StatusCode::OK, "{name}: {path} keeps answering during the window");
+        }
         // What keeps answering: the status, the ops API, metrics and probes.
         let status = o.call(Method::GET, "/v1/status", None, None).await;
         assert_eq!(status.status, StatusCode::OK);
@@ -174,6 +190,17 @@ async fn raw(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let (status, headers, text) = raw_text(o, method, path, token).await;
+    (status, headers, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// The raw answer: status, headers, body as text.
+async fn raw_text(
+    o: &Ops,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
     use tower::ServiceExt;
     let mut b = axum::http::Request::builder().method(method).uri(path);
     if let Some(t) = token {
@@ -184,5 +211,5 @@ async fn raw(
     let resp = o.app.clone().oneshot(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-    (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -119,6 +119,36 @@ pub fn problem_page(problem: &Problem, back: Option<(&str, &str)>) -> Response {
     respond(problem.status, layout(&capitalise(&problem.body.title), Nav::Visitor, body), &[])
 }
 
+/// The page every portal address answers during a maintenance window (S4), or when the windows cannot be
+/// read (`None`: kinko fails closed and says it cannot tell), with `Retry-After` and the console's security
+/// headers: the notice the operators wrote, and when the window ends.
+pub async fn maintenance_page(window: Option<(&str, i64)>, retry_after_secs: u64) -> Response {
+    let body = html! {
+        h1 { "Maintenance in progress" }
+        div class="problem" role="alert" id="maintenance" {
+            @match window {
+                Some((message, ends_at_ms)) => {
+                    p id="maintenance-message" { (message) }
+                    p { "Expected to end at " strong id="maintenance-ends" { (utc(ends_at_ms)) } "." }
+                }
+                None => {
+                    p id="maintenance-message" { "The service cannot tell whether maintenance is in progress; try again shortly." }
+                }
+            }
+            p { "Your balances and the requests you made are kept; nothing is lost while the service is paused." }
+            p class="problem-type" {
+                "Problem: "
+                code { (if window.is_some() { "urn:kinko:problem:maintenance" } else { "urn:kinko:problem:status-unavailable" }) }
+                " (HTTP 503)"
+            }
+        }
+        p { a href="/v1/status" { "Service status" } }
+    };
+    let mut resp = respond(StatusCode::SERVICE_UNAVAILABLE, layout("Maintenance", Nav::Visitor, body), &[]);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    super::security_headers(resp).await
+}
+
 /// An HTML response with the given status and extra `Set-Cookie` headers.
 pub fn respond(status: StatusCode, markup: Markup, cookies: &[HeaderValue]) -> Response {
     let mut resp = (status, markup.into_string()).into_response();

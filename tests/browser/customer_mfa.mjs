@@ -14,7 +14,9 @@
 // name; the right code, computed here from the key the page shows, activates it and shows 10 recovery
 // codes) → log out → log in with password then TOTP code → add a passkey (virtual authenticator) → log
 // out → log in with password then the passkey → step-up with a recovery code and with the passkey, each
-// returning to the page that asked → a step-up never returns to another site. Every page visited goes
+// returning to the page that asked → a step-up never returns to another site → remove the authenticator
+// app (web::credentials) → log out; the second-factor page offers the passkey, a recovery code of the
+// removed app is refused by name, and the passkey opens the portal. Every page visited goes
 // through the shared checks of ./lib.mjs (headers, labels, Tab reach, overflow, CSP, screenshots at 375
 // and 1280 px).
 //
@@ -36,7 +38,15 @@ const WEBAUTHN_JS = '/static/webauthn.js';
 const run = createRun({
   tag: 'mfa',
   artifacts,
-  fields: { recovery_codes: 0, passkey_id: null, authenticator_credentials: null, webauthn_js: null, next_refused: null },
+  fields: {
+    recovery_codes: 0,
+    passkey_id: null,
+    authenticator_credentials: null,
+    webauthn_js: null,
+    next_refused: null,
+    totp_state_after_removal: null,
+    passkey_offered_after_removal: null,
+  },
   timeoutMs: OVERALL_TIMEOUT_MS,
 });
 const { result, check, checkPage, problemShown, log } = run;
@@ -212,6 +222,33 @@ async function main() {
     await page.goto(`${base}/portal/step-up?next=${encodeURIComponent('https://evil.example/')}`);
     result.next_refused = await page.inputValue('form[action="/portal/step-up"] input[name=next]');
     check(result.next_refused === '/portal', `step-up: next became ${result.next_refused}`);
+
+    // Remove the authenticator app (web::credentials): the passkey step-up just made is the fresh one the
+    // API's removal needs. The passkey stays the second factor.
+    r = await page.goto(`${base}/portal/security`);
+    r = await submit(page, '#remove-totp button[type=submit]');
+    await checkPage(page, 'totp-removed', r, { status: 200 });
+    r = await page.goto(`${base}/portal/security`);
+    await checkPage(page, 'security-after-removal', r, { status: 200 });
+    result.totp_state_after_removal = (await page.textContent('#totp-state')).trim();
+    check(result.totp_state_after_removal === 'not set up', `security after removal: ${result.totp_state_after_removal}`);
+    check((await page.locator('#remove-totp').count()) === 0, 'security: still offers to remove the app');
+
+    // The old codes no longer step up; log-in now offers the passkey, which opens the portal.
+    await logOut(page);
+    r = await logIn(page);
+    check(page.url() === `${base}/login/second-factor`, `log-in after removal went to ${page.url()}`);
+    await checkPage(page, 'second-factor-passkey-only', r, { status: 200 });
+    result.passkey_offered_after_removal = (await page.locator('#passkey-choice').count()) === 1;
+    check(result.passkey_offered_after_removal, 'second-factor: the passkey is not offered after the app was removed');
+    await page.selectOption('#method', 'recovery_code');
+    await page.fill('#code', codes[1] || '');
+    r = await submit(page, 'form[action="/login/second-factor"] button[type=submit]');
+    await checkPage(page, 'second-factor-removed-code', r, { status: 403 });
+    await problemShown(page, 'second-factor-removed-code', 'Second factor refused');
+    r = await submit(page, '#passkey-choice button[type=submit]');
+    r = await ceremony(page, 'passkey-login-after-removal');
+    check(page.url() === `${base}/portal`, `after the passkey (app removed) the page is ${page.url()}`);
 
     run.checkNoCspViolations();
     log('journey done');

@@ -4,7 +4,9 @@
 //!
 //! The script enrols TOTP through the page (the code computed from the key the page shows), logs out and
 //! back in with the code, adds a passkey, logs in with it as the second factor, and steps up with a
-//! recovery code and with the passkey. Every page is captured at 375 px and 1280 px under
+//! recovery code and with the passkey; then it removes the authenticator app on the security page (the
+//! API's `DELETE /v1/mfa/totp` behind it), and the next log-in offers the passkey, refuses a recovery code
+//! of the removed app and opens with the passkey. Every page is captured at 375 px and 1280 px under
 //! `target/test-artifacts/web-mfa/` and checked like every console page. Afterwards the JSON API must
 //! report the same factors. The WebAuthn relying party is `localhost` with the test's origin: browsers
 //! refuse an IP address as a relying-party id, so the browser is pointed at `http://localhost:<port>`.
@@ -35,10 +37,15 @@ const PAGES: &[&str] = &[
     "security-after-step-up",
     "step-up-error",
     "step-up-passkey",
+    "totp-removed",
+    "security-after-removal",
+    "second-factor-passkey-only",
+    "second-factor-removed-code",
 ];
 
 /// U2, U3, U4: TOTP and passkey enrolment and log-in through the web console in Chromium, step-up with
-/// a recovery code and a passkey, every page checked; the API then reports the factors the pages set.
+/// a recovery code and a passkey, removal of the authenticator app, every page checked; the API then
+/// reports the factors the pages left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn u2_u3_u4_totp_and_passkey_enrolment_and_login_in_chromium() {
     let root = browser::repo_root();
@@ -74,9 +81,12 @@ async fn u2_u3_u4_totp_and_passkey_enrolment_and_login_in_chromium() {
     assert_eq!(report["authenticator_credentials"], 1);
     assert_eq!(report["next_refused"], "/portal");
     assert_eq!(report["webauthn_js"]["status"], 200);
+    assert_eq!(page_status(&report, "second-factor-removed-code"), Some(403), "a code of the removed app");
+    assert_eq!(report["totp_state_after_removal"], "not set up");
+    assert_eq!(report["passkey_offered_after_removal"], true);
 
-    // The API sees what the pages did: TOTP active with one recovery code used, one passkey, and the
-    // passkey the page named.
+    // The API sees what the pages did: the authenticator app removed with its recovery codes (the page
+    // showed one of ten used before), one passkey, and the passkey the page named.
     let r: Value = http
         .post(format!("{base}/v1/sessions"))
         .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
@@ -89,9 +99,9 @@ async fn u2_u3_u4_totp_and_passkey_enrolment_and_login_in_chromium() {
     let token = r["token"].as_str().expect("token");
     let status: Value =
         http.get(format!("{base}/v1/mfa")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-    assert_eq!(status["totp"], true, "{status}");
+    assert_eq!(status["totp"], false, "{status}");
     assert_eq!(status["passkeys"], 1, "{status}");
-    assert_eq!(status["recovery_codes_remaining"], 9, "{status}");
+    assert_eq!(status["recovery_codes_remaining"], 0, "{status}");
     let passkeys = h.ts.store.passkeys(&customer_id).await.unwrap();
     assert_eq!(passkeys.len(), 1);
     assert_eq!(Some(passkeys[0].credential_id.as_str()), report["passkey_id"].as_str());

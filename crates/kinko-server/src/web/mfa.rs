@@ -68,7 +68,7 @@ pub fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-fn step_up_link(next: &str) -> String {
+pub(super) fn step_up_link(next: &str) -> String {
     // `next` passed `safe_next`: printable ASCII without spaces; only `&`, `?`, `#`, `%` and `+` need escaping.
     let mut q = String::with_capacity(next.len());
     for c in next.chars() {
@@ -191,6 +191,15 @@ fn security_page(state_status: &mfa::MfaStatus, has_factor: bool, csrf: &str, pr
                 button type="submit" { @if state_status.totp { "Replace the authenticator app" } @else { "Set up an authenticator app" } }
             }
         }
+        // web::credentials (H-A): removing the app (the API's DELETE /v1/mfa/totp, a fresh step-up).
+        @if state_status.totp {
+            form method="post" action=(super::credentials::REMOVE_TOTP_PATH) id="remove-totp" {
+                (csrf_field(csrf))
+                p { "Remove the authenticator app and its recovery codes (needs your second factor again first)."
+                    @if state_status.passkeys == 0 { " You then have no second factor left." } }
+                button type="submit" { "Remove the authenticator app" }
+            }
+        }
         section aria-labelledby="passkey-heading" {
             h2 id="passkey-heading" { "Passkeys" }
             form method="post" action="/portal/security/passkey" {
@@ -201,12 +210,23 @@ fn security_page(state_status: &mfa::MfaStatus, has_factor: bool, csrf: &str, pr
                 }
                 button type="submit" { "Add a passkey" }
             }
+            p class="hint" { "Removing a passkey is not offered yet: the API has no route for it." }
+        }
+        // web::credentials (H-A): the transaction password (the API's PUT /v1/transaction-password).
+        section aria-labelledby="transaction-password-heading" {
+            h2 id="transaction-password-heading" { "Transaction password" }
+            p { "Withdrawals ask for it. It is "
+                strong id="security-transaction-password" {
+                    @if state_status.transaction_password { "set" } @else { "not set" } } ". "
+                a href=(super::credentials::TRANSACTION_PASSWORD_PATH) id="transaction-password-link" {
+                    @if state_status.transaction_password { "Change the transaction password" }
+                    @else { "Set a transaction password" } } }
         }
     };
     layout("Security", Nav::Customer { csrf }, body)
 }
 
-async fn render_security(
+pub(super) async fn render_security(
     state: &AppState,
     session: &WebSession,
     status: StatusCode,

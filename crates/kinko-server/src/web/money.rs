@@ -297,6 +297,10 @@ fn step_up_hint(problem: &Problem, step_up: &str) -> Markup {
         } @else if problem.body.kind.ends_with(":destination-not-saved")
             || problem.body.kind.ends_with(":destination-cooling-off") {
             p { "Withdrawals go only to " a href=(ADDRESS_BOOK_PATH) { "saved destinations" } " past their cooling-off." }
+        } @else if problem.body.kind.ends_with(":kyc-required") {
+            // web::kyc (H-C).
+            p { "Withdrawals need a verified identity: " a id="kyc-link" href="/portal/kyc" { "submit your documents" }
+                " or see how the check stands." }
         }
     }
 }
@@ -780,5 +784,15 @@ mod tests {
             let text = base_units_text(bad, 18).unwrap_or_default();
             assert!(Amount::parse_positive(&text).is_err(), "{bad:?} -> {text:?}");
         }
+    }
+
+    /// U1 (web::kyc): the withdrawal page's `kyc-required` refusal links the identity page.
+    #[test]
+    fn u1_kyc_required_refusal_links_the_identity_page() {
+        let p = Problem::new(StatusCode::FORBIDDEN, "kyc-required", "identity verification required");
+        let html = step_up_hint(&p, STEP_UP_FOR_WITHDRAW).into_string();
+        assert!(html.contains(r#"href="/portal/kyc""#), "{html}");
+        let other = Problem::new(StatusCode::FORBIDDEN, "mfa-required", "second factor required");
+        assert!(!step_up_hint(&other, STEP_UP_FOR_WITHDRAW).into_string().contains("/portal/kyc"));
     }
 }

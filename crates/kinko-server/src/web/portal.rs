@@ -406,7 +406,13 @@ pub async fn dashboard(State(state): State<AppState>, session: WebSession) -> Re
                 dt { "E-mail address" }
                 dd { @if kyc.email_verified { "verified" } @else { "not verified — " a href="/verify-email" { "enter the token" } } }
                 dt { "Identity (KYC)" }
-                dd { (kyc.state.replace('_', " ")) }
+                // web::kyc (H-C): the page that shows the submission and takes the documents.
+                dd { (kyc.state.replace('_', " "))
+                    @if kyc.state != "verified" {
+                        " — " a id="kyc-link" href="/portal/kyc" {
+                            @if matches!(kyc.state.as_str(), "not_submitted" | "rejected") { "submit documents" } @else { "details" }
+                        }
+                    } }
                 dt { "Second factor" }
                 // web::mfa (H7): passkeys count too, and the security page manages both.
                 dd { @if factors.totp || factors.passkeys > 0 {

@@ -86,6 +86,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/ops/requests/{id}/execute"),
     ("post", "/v1/ops/requests/{id}/inspect"),
     ("get", "/v1/ops/events"),
+    ("get", "/v1/ops/keys"),
     ("get", "/v1/ops/aml-cases"),
     ("post", "/v1/ops/freezes"),
     ("get", "/v1/ops/freezes"),
@@ -163,6 +164,7 @@ pub fn router_with_metrics(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/ops/requests/{id}/execute", post(ops_requests::execute))
         .route("/v1/ops/requests/{id}/inspect", post(ops_requests::inspect))
         .route("/v1/ops/events", get(ops_requests::events))
+        .route("/v1/ops/keys", get(ops_requests::list_keys))
         .route("/v1/ops/aml-cases", get(crate::aml::list_cases))
         .route("/v1/ops/freezes", post(freezes::create_freeze).get(freezes::list_freezes))
         .route("/v1/ops/reconciliation", get(freezes::get_reconciliation).post(freezes::run_reconciliation))

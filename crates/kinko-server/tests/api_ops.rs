@@ -621,8 +621,8 @@ async fn k8_authorization_matrix_every_ops_endpoint_every_principal() {
             }
         }
         // 14 routes, plus the audit trail's three (L2, L4–L6), onboarding's three (U1) and the freezes' and
-        // reconciliation's four (K19, S5, L3), maintenance's three (S4).
-        assert_eq!(checked, (14 + 3 + 3 + 4 + 3) * 8, "{name}: every ops route × every principal");
+        // reconciliation's four (K19, S5, L3), maintenance's three (S4), the key list (K2, K7; #8).
+        assert_eq!(checked, (14 + 3 + 3 + 4 + 3 + 1) * 8, "{name}: every ops route × every principal");
     }
 }
 

@@ -132,6 +132,14 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
+    /// Every key of every purpose, oldest first, at most `limit` (for the operators' key list).
+    pub async fn list_keys(&self, limit: usize) -> Result<Vec<KeyRecord>> {
+        let q = format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at_ms, id LIMIT $1");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(crate::sql(q)).bind(limit).fetch_all(self.pool()).await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
     /// Every payload signed for (key, chain, slot), oldest first.
     pub async fn signer_slot_payloads(&self, key_id: &str, chain: &str, slot: &str) -> Result<Vec<SlotRecord>> {
         let q = format!(

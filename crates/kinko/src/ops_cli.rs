@@ -93,6 +93,10 @@ pub enum OpsCmd {
     Approve(DecideArgs),
     /// Reject a request (signed like an approval).
     Reject(DecideArgs),
+    /// Print your signed decision on a request without submitting it, to paste into the web console: shows
+    /// the request, recomputes what you sign from what is shown exactly as `approve` does, refuses on a hash
+    /// mismatch, and prints the message and the signature (hex). Nothing is posted.
+    Sign(SignArgs),
     /// Record the execution of an approved Table A-1 request.
     Execute {
         id: String,
@@ -132,6 +136,20 @@ pub struct DecideArgs {
     /// Do not ask for confirmation after showing the request.
     #[arg(long)]
     yes: bool,
+}
+
+#[derive(Args)]
+pub struct SignArgs {
+    id: String,
+    /// Your encrypted approval key file (from `kinko operator keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Read the key file's passphrase from this environment variable instead of prompting.
+    #[arg(long)]
+    passphrase_env: Option<String>,
+    /// Sign a rejection instead of an approval.
+    #[arg(long)]
+    reject: bool,
 }
 
 #[derive(Args)]
@@ -372,6 +390,7 @@ pub async fn run(args: OpsArgs) -> Result<()> {
         }
         OpsCmd::Approve(d) => decide(&client, d, Decision::Approve).await,
         OpsCmd::Reject(d) => decide(&client, d, Decision::Reject).await,
+        OpsCmd::Sign(a) => sign(&client, a).await,
         OpsCmd::Execute { id, evidence } => {
             client.require_token()?;
             let body = match evidence {
@@ -470,9 +489,11 @@ pub fn check_server_hash(request: &Value, subject: &ApprovalSubject) -> Result<(
     Ok(())
 }
 
-async fn decide(client: &Client, d: DecideArgs, decision: Decision) -> Result<()> {
+/// Fetches request `id`, shows it (`show` prints to stdout or stderr), recomputes the subject from what is
+/// shown and refuses when the server's intent hash differs: what `approve`, `reject` and `sign` sign.
+async fn fetch_checked(client: &Client, id: &str, show: fn(&str)) -> Result<ApprovalSubject> {
     client.require_token()?;
-    let id = path_segment(&d.id)?;
+    let id = path_segment(id)?;
     let request = client.get(&format!("/v1/ops/requests/{id}")).await?;
     let shown = json!({
         "id": request.get("id"),
@@ -483,16 +504,48 @@ async fn decide(client: &Client, d: DecideArgs, decision: Decision) -> Result<()
         "required": request.get("required"),
         "params": request.get("params"),
     });
-    println!("{}", serde_json::to_string_pretty(&shown)?);
+    show(&serde_json::to_string_pretty(&shown)?);
     let subject = recompute_subject(&request)?;
     if subject.request_id != id {
         bail!("the server answered with request {:?} for {id:?}", subject.request_id);
     }
     check_server_hash(&request, &subject)?;
-    let verb = match decision {
+    Ok(subject)
+}
+
+fn verb(decision: Decision) -> &'static str {
+    match decision {
         Decision::Approve => "approve",
         Decision::Reject => "reject",
-    };
+    }
+}
+
+/// `kinko ops sign`: the checked subject signed and printed, never posted. The request is shown on stderr so
+/// that stdout holds only `decision:`, `message:` (the approval message, hex) and `signature:` lines.
+async fn sign(client: &Client, a: SignArgs) -> Result<()> {
+    let subject = fetch_checked(client, &a.id, |text| eprintln!("{text}")).await?;
+    let decision = if a.reject { Decision::Reject } else { Decision::Approve };
+    let message = kinko_core::operators::approval_message(&subject, decision)?;
+    let (file, key) = open_key_file(&a.key, a.passphrase_env.as_deref())?;
+    let approval = kinko_signer::approvals::sign_approval(&key, &file.operator_id, &subject, decision)?;
+    drop(key);
+    eprintln!(
+        "signed as {} ({} request {}, intent hash {}); nothing was submitted: paste the signature into the console",
+        file.operator_id,
+        verb(decision),
+        subject.request_id,
+        hex::encode(subject.intent_hash)
+    );
+    println!("decision: {}", verb(decision));
+    println!("message: {}", hex::encode(message));
+    println!("signature: {}", approval.signature_hex);
+    Ok(())
+}
+
+async fn decide(client: &Client, d: DecideArgs, decision: Decision) -> Result<()> {
+    let subject = fetch_checked(client, &d.id, |text| println!("{text}")).await?;
+    let id = subject.request_id.clone();
+    let verb = verb(decision);
     if !d.yes {
         if !std::io::stdin().is_terminal() {
             bail!("not a terminal: give --yes to {verb} without the confirmation prompt");

@@ -60,6 +60,7 @@ use super::{
         ops_requests::execute,
         ops_requests::inspect,
         ops_requests::events,
+        ops_requests::list_keys,
         crate::aml::list_cases,
         super::freezes::create_freeze,
         super::freezes::list_freezes,

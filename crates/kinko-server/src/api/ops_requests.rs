@@ -86,6 +86,9 @@ pub const OPS_AUTHZ: &[(&str, &str, &[Principal])] = &[
     ),
     ("post", "/v1/ops/requests/{id}/inspect", &[Principal::Role(Role::LogInspector)]),
     ("get", "/v1/ops/events", &[Principal::Role(Role::LogInspector), Principal::Role(Role::Administrator)]),
+    // K2, K7, K8: every operator reads the custody keys' lifecycle states (what a key_transition request
+    // would move); nothing secret is listed.
+    ("get", "/v1/ops/keys", ALL_ROLES),
     // U14: compliance review reads cases; the inspector audits, the operations manager acts on them.
     ("get", "/v1/ops/aml-cases", &[Principal::Role(Role::LogInspector), Principal::Role(Role::OperationsManager)]),
     // K19, S5, L3: one person of any role may stop everything; lifting is an unfreeze request. Everyone reads
@@ -845,6 +848,62 @@ pub async fn execute(
     tx.commit().await.map_err(Problem::internal)?;
     let row = state.store.ops_request(&id).await?.ok_or_else(Problem::not_found)?;
     Ok(Json(request_view(&state, row).await?))
+}
+
+/// Bound on the keys listed at once (deposit keys can be many).
+pub const KEYS_LIST_MAX: usize = 1_000;
+
+/// A custody key as operators see it: its lifecycle state and the states the lifecycle table lets it move
+/// to next (never the wrapped key).
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug)]
+pub struct KeyView {
+    pub id: String,
+    pub purpose: String,
+    pub chain: String,
+    pub address: String,
+    pub state: String,
+    pub created_at_ms: i64,
+    /// The moves `kinko_core::key_lifecycle` allows from `state` (Fig 5-2; Fig 5-4 for the master seed).
+    pub next_states: Vec<String>,
+}
+
+/// The states a key of `purpose` may move to from `from`, asked of the store's own lifecycle check.
+pub fn next_key_states(purpose: &str, from: &str) -> Vec<String> {
+    use kinko_core::key_lifecycle::{KeyState, Lifecycle, SeedState};
+    let candidates: Vec<&str> = if purpose == kinko_store::key_lifecycle::MASTER_SEED_PURPOSE {
+        SeedState::ALL.iter().map(|s| s.as_str()).collect()
+    } else {
+        KeyState::ALL.iter().map(|s| s.as_str()).collect()
+    };
+    let Ok(why) = kinko_core::key_lifecycle::Attribution::new("listing", "listing") else { return Vec::new() };
+    candidates
+        .into_iter()
+        .filter(|to| kinko_store::key_lifecycle::check_key_transition(purpose, from, to, &why).is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The custody keys with their lifecycle states (every operator role).
+#[utoipa::path(
+    get, path = "/v1/ops/keys", tag = "operators", security(("bearer" = [])),
+    responses((status = 200, body = [KeyView]))
+)]
+pub async fn list_keys(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<KeyView>>, Problem> {
+    require_endpoint(&op, "get", "/v1/ops/keys")?;
+    let keys = state.store.list_keys(KEYS_LIST_MAX).await?;
+    let out = keys
+        .into_iter()
+        .map(|k| KeyView {
+            next_states: next_key_states(&k.purpose, &k.state),
+            id: k.id,
+            purpose: k.purpose,
+            chain: k.chain,
+            address: k.address,
+            state: k.state,
+            created_at_ms: k.created_at_ms,
+        })
+        .collect();
+    Ok(Json(out))
 }
 
 /// Key retention period before destruction (K7): the ledger must show no movement this recent.

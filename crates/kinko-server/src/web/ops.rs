@@ -19,7 +19,8 @@
 //!   is an alert and the page offers no approval.
 //! - Approving is signing: the page shows the approval message (`operators::approval_message`) and the
 //!   intent hash; the operator signs it on their own terminal with their approval key (`kinko ops approve`
-//!   signs and posts it itself; or with the library) and pastes the signature, which goes through
+//!   signs and posts it itself; `kinko ops sign` makes the same checks and only prints the signature) and
+//!   pastes the signature, which goes through
 //!   [`ops_requests::decide`], where it is verified against the server's registry, and later again by the
 //!   signer against its own.
 
@@ -66,8 +67,13 @@ pub struct OpsSession {
 }
 
 impl OpsSession {
-    fn csrf(&self) -> String {
+    pub(super) fn csrf(&self) -> String {
         csrf_token(&self.token)
+    }
+
+    /// The second CSRF line for a form posted with this session.
+    pub(super) fn check_csrf(&self, submitted: &str) -> Result<(), Problem> {
+        check_csrf(Some(&self.token), submitted)
     }
 }
 
@@ -98,7 +104,7 @@ impl FromRequestParts<AppState> for OpsSession {
     }
 }
 
-fn ops_layout(title: &str, session: Option<&OpsSession>, body: Markup) -> Markup {
+pub(super) fn ops_layout(title: &str, session: Option<&OpsSession>, body: Markup) -> Markup {
     let inner = html! {
         @if let Some(s) = session {
             nav aria-label="Operator console" class="ops-nav" {
@@ -108,6 +114,8 @@ fn ops_layout(title: &str, session: Option<&OpsSession>, body: Markup) -> Markup
                 " · " a href=(OPS_FREEZES_PATH) { "Freezes" }
                 " · " a href=(OPS_RECONCILIATION_PATH) { "Reconciliation" }
                 " · " a href=(OPS_AUDIT_PATH) { "Audit trail" }
+                " · " a href=(super::ops_keys::OPS_KEYS_PATH) { "Keys" }
+                " · " a href=(super::ops_keys::OPS_KEY_ACCESS_LOG_PATH) { "Key access log" }
                 form method="post" action="/ops/logout" class="inline" {
                     (csrf_field(&s.csrf()))
                     button type="submit" { "Log out" }
@@ -116,7 +124,7 @@ fn ops_layout(title: &str, session: Option<&OpsSession>, body: Markup) -> Markup
         }
         (body)
     };
-    layout(title, Nav::Visitor, inner)
+    layout(title, Nav::Operator, inner)
 }
 
 fn roles_text(op: &Operator) -> String {
@@ -138,11 +146,11 @@ pub fn ops_problem_page(problem: &Problem, back: Option<(&str, &str)>) -> Respon
     respond(problem.status, ops_layout("Operator console", None, body), &[])
 }
 
-fn page(session: &OpsSession, title: &str, body: Markup) -> Response {
+pub(super) fn page(session: &OpsSession, title: &str, body: Markup) -> Response {
     respond(StatusCode::OK, ops_layout(title, Some(session), body), &[])
 }
 
-fn form<T>(parsed: Result<Form<T>, FormRejection>) -> Result<T, Problem> {
+pub(super) fn form<T>(parsed: Result<Form<T>, FormRejection>) -> Result<T, Problem> {
     parsed.map(|Form(f)| f).map_err(|_| {
         Problem::validation(vec![FieldError::new("form", "could not be read: open the page again and resubmit")])
     })
@@ -503,7 +511,12 @@ fn subject_of(req: &RequestView) -> Result<ApprovalSubject, Problem> {
     ApprovalSubject::new(process, &req.id, hash).map_err(|e| Problem::internal(e.to_string()))
 }
 
-async fn request_page(state: &AppState, session: &OpsSession, id: &str, problem: Option<&Problem>) -> Response {
+pub(super) async fn request_page(
+    state: &AppState,
+    session: &OpsSession,
+    id: &str,
+    problem: Option<&Problem>,
+) -> Response {
     let req = match ops_requests::get_request(State(state.clone()), session.op.clone(), Path(id.to_string())).await {
         Ok(Json(r)) => r,
         Err(p) => return ops_problem_page(&p, None),
@@ -571,7 +584,9 @@ async fn request_page(state: &AppState, session: &OpsSession, id: &str, problem:
                 h2 { "Approve or reject" }
                 p { "Approving is signing. On your own terminal, with your approval key, run:" }
                 p { code class="address" id="approve-command" { "kinko ops approve " (req.id) " --key YOUR_KEY_FILE" } }
-                p { "It shows the request, recomputes the intent hash from it, refuses if the hash differs from the one above, and signs and submits the decision itself. Or sign this approval message with your approval key (Ed25519) and paste the signature below:" }
+                p { "It shows the request, recomputes the intent hash from it, refuses if the hash differs from the one above, and signs and submits the decision itself. To decide here instead, print the signature on your terminal without submitting anything:" }
+                p { code class="address" id="sign-command" { "kinko ops sign " (req.id) " --key YOUR_KEY_FILE" } }
+                p { "It makes the same checks, then prints the signature (add " code { "--reject" } " to sign a rejection); paste it below. It signs exactly one of these messages:" }
                 p { "Approval message (hex): " code class="address" id="approval-message" { (approve) } }
                 p { "Rejection message (hex): " code class="address" id="rejection-message" { (reject) } }
                 form method="post" action=(format!("/ops/requests/{}/decision", req.id)) {
@@ -586,12 +601,13 @@ async fn request_page(state: &AppState, session: &OpsSession, id: &str, problem:
                     div class="field" {
                         label for="signature_hex" { "Signature (hex)" }
                         input id="signature_hex" name="signature_hex" type="text" autocomplete="off" spellcheck="false" required;
-                        p class="hint" { "128 hex characters: your Ed25519 signature over the message of your decision." }
+                        p class="hint" { "128 hex characters printed by " code { "kinko ops sign " (req.id) } ": your Ed25519 signature over the message of your decision." }
                     }
                     button type="submit" { "Submit signed decision" }
                 }
             }
         }
+        (super::ops_keys::execute_section(session, &req, problem))
         @if req.state == "executed" {
             h2 { "Inspect" }
             form method="post" action=(format!("/ops/requests/{}/inspect", req.id)) {

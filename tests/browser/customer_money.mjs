@@ -1,26 +1,33 @@
-// Moving money through the customer portal in a real browser (issue #8 acceptance): playwright-core
-// driving Debian's Chromium.
+// The customer journey of issue #8's acceptance, entirely in the browser: playwright-core driving Debian's
+// Chromium.
 //
 //   node tests/browser/customer_money.mjs <base-url> <artifacts-dir>
 //
-// Run by crates/kinko/tests/web_money.rs against a kinko it started (SQLite, anvil) after it signed the
-// customer up, enrolled TOTP and set the transaction password through the API, and paid ETH on anvil to the
-// customer's deposit address. Inputs besides the arguments, from the environment:
+// Run by crates/kinko/tests/web_money.rs against a kinko it started (SQLite, anvil, e-mail verification
+// by mailed token, KYC decided by operators). Inputs besides the arguments, from the environment:
 //   KINKO_CHROMIUM                  the browser (default /usr/bin/chromium)
-//   KINKO_WEB_MAIL_DIR              kinko's [notices] mail_dir, where the confirmation link arrives
-//   KINKO_WEB_ANVIL_URL             anvil's JSON-RPC, to mine the blocks that confirm transactions
-//   KINKO_WEB_EMAIL, KINKO_WEB_PASSWORD, KINKO_WEB_TRANSACTION_PASSWORD
-//   KINKO_WEB_TOTP_SECRET, KINKO_WEB_TOTP_STEP_USED  the base32 secret and the 30 s step already used
+//   KINKO_WEB_MAIL_DIR              kinko's [notices] mail_dir: the verification token and the confirmation link
+//   KINKO_WEB_ANVIL_URL             anvil's JSON-RPC: the deposit payment, and the blocks that confirm
+//   KINKO_WEB_EMAIL, KINKO_WEB_PASSWORD, KINKO_WEB_TRANSACTION_PASSWORD  the customer this script signs up
+//   KINKO_WEB_PAYER                 an unlocked anvil account that pays the deposit (eth_sendTransaction)
+//   KINKO_WEB_DEPOSIT_WEI           the deposit, in wei (decimal)
 //   KINKO_WEB_DESTINATION           the address to save and withdraw to
 //   KINKO_WEB_AMOUNT                the amount to withdraw, decimal text ("0.25")
 //   KINKO_WEB_CONFIRMATIONS         kinko's confirmation depth
+//   KINKO_WEB_KYC_REFERENCE         the passport's document reference submitted on /portal/kyc
 //
-// Journey: log in with password and TOTP code → the history shows the deposit pending; blocks are mined and
-// the page's own reload (Refresh: 5) shows it credited → save the destination in the address book (its
-// cooling-off shown) → the withdrawal form offers it once the cooling-off is over → a wrong transaction
-// password is refused by name → step up on the portal's step-up page → withdraw with the transaction
-// password → the mailed link's page confirms it → the history shows it settled → the login history. Every
-// page is checked by `checkPage` (lib.mjs).
+// Journey: sign up → verify the e-mail with the mailed token → log in → security page: set up the
+// authenticator app (the code computed here from the key the page shows) → the second factor at once →
+// the dashboard's link to the identity page: a blank document reference is refused by name, then the
+// passport's reference is submitted →
+// set the transaction password (the login password is refused by name first) → the deposit address, read
+// off the page → pay it on anvil → the history shows the deposit pending; blocks are mined and the page's
+// own reload (Refresh: 5) shows it credited → the identity page, reloaded, shows the identity verified
+// (operators decide it while the script runs: see web_money.rs), and so does the dashboard → save the destination in the address book (its cooling-off
+// shown) → the withdrawal form offers it once the cooling-off is over → a wrong transaction password is
+// refused by name → step up on the portal's step-up page → withdraw with the transaction password → the
+// mailed link's page confirms it → the history shows it settled → the login history. Every page is
+// checked by `checkPage` (lib.mjs).
 //
 // Prints one JSON object on stdout (progress goes to stderr); exits 0 only when every check passed.
 
@@ -37,20 +44,34 @@ const ANVIL = env('KINKO_WEB_ANVIL_URL');
 const EMAIL = env('KINKO_WEB_EMAIL');
 const PASSWORD = env('KINKO_WEB_PASSWORD');
 const TRANSACTION_PASSWORD = env('KINKO_WEB_TRANSACTION_PASSWORD');
-const TOTP_SECRET = env('KINKO_WEB_TOTP_SECRET');
-let stepUsed = Number(env('KINKO_WEB_TOTP_STEP_USED'));
+const PAYER = env('KINKO_WEB_PAYER');
+const DEPOSIT_WEI = BigInt(env('KINKO_WEB_DEPOSIT_WEI'));
 const DESTINATION = env('KINKO_WEB_DESTINATION');
 const AMOUNT = env('KINKO_WEB_AMOUNT');
 const CONFIRMATIONS = Number(env('KINKO_WEB_CONFIRMATIONS'));
-const OVERALL_TIMEOUT_MS = 420_000;
+const KYC_REFERENCE = env('KINKO_WEB_KYC_REFERENCE');
+const OVERALL_TIMEOUT_MS = 540_000;
 const MAIL_WAIT_MS = 60_000;
 const DEPOSIT_SEEN_MS = 60_000;
+const KYC_WAIT_MS = 120_000;
 const SETTLED_MS = 120_000;
 
 const run = createRun({
   tag: 'money',
   artifacts,
-  fields: { deposit_states: [], history_refresh: null, withdrawal_id: null },
+  fields: {
+    email: EMAIL,
+    totp_secret: null,
+    recovery_codes: 0,
+    deposit_address: null,
+    deposit_tx_hash: null,
+    deposit_states: [],
+    history_refresh: null,
+    kyc_submitted_state: null,
+    kyc_page_shown: null,
+    kyc_shown: null,
+    withdrawal_id: null,
+  },
   timeoutMs: OVERALL_TIMEOUT_MS,
 });
 const { result, check, checkPage, problemShown, log } = run;
@@ -69,12 +90,16 @@ async function anvil(method, params) {
 }
 const mine = (blocks) => anvil('anvil_mine', [`0x${blocks.toString(16)}`]);
 
-// A TOTP code of a step not used yet (codes are single use per 30 s step), waiting for the next step when
-// needed.
+// The TOTP key the security page showed, and the newest 30 s step whose code was used (codes are single
+// use per step).
+let totpSecret = '';
+let stepUsed = 0;
+
+// A TOTP code of a step not used yet, waiting for the next step when needed.
 async function freshCode() {
   while (totpStep() <= stepUsed) await sleep(500);
   stepUsed = totpStep();
-  return totp(TOTP_SECRET, stepUsed);
+  return totp(totpSecret, stepUsed);
 }
 
 // The status cell of the first row of table `table` (newest first), '' when none.
@@ -101,24 +126,125 @@ async function waitForStatus(page, table, want, timeoutMs, tick) {
   return last;
 }
 
+// The text of the dashboard's <dd> after the <dt> that reads `term`.
+const definition = (page, term) =>
+  page.evaluate((t) => {
+    const dt = [...document.querySelectorAll('main dt')].find((d) => d.textContent.trim() === t);
+    return dt && dt.nextElementSibling ? dt.nextElementSibling.textContent.trim() : null;
+  }, term);
+
 async function main() {
   const { page, close } = await launchChromium(CHROMIUM);
   try {
     run.watchCsp(page);
 
-    // Log in: password, then the TOTP code (which also opens the step-up window).
-    let r = await page.goto(`${base}/login`);
+    // Sign up, and verify the e-mail address with the token kinko mailed.
+    let r = await page.goto(`${base}/signup`);
+    await checkPage(page, 'signup', r, { status: 200 });
+    await page.fill('#email', EMAIL);
+    await page.fill('#password', PASSWORD);
+    r = await submit(page);
+    await checkPage(page, 'signup-done', r, { status: 201 });
+    const verification = mailToken(MAIL_DIR, EMAIL, /^Verification token: ([0-9a-f]{64})$/m, MAIL_WAIT_MS);
+    check(verification, `no verification mail for ${EMAIL} in ${MAIL_DIR} within ${MAIL_WAIT_MS} ms`);
+    r = await page.goto(`${base}/verify-email`);
+    await checkPage(page, 'verify-email', r, { status: 200 });
+    await page.fill('#token', verification || '');
+    r = await submit(page);
+    await checkPage(page, 'verify-email-done', r, { status: 200 });
+    check((await page.textContent('main h1')).includes('verified'), 'verify-email-done: not verified');
+
+    // Log in: no factor yet, so the password opens the portal.
+    r = await page.goto(`${base}/login`);
     await checkPage(page, 'login', r, { status: 200 });
     await page.fill('#email', EMAIL);
     await page.fill('#password', PASSWORD);
     r = await submit(page);
-    check(page.url() === `${base}/login/second-factor`, `the log-in went to ${page.url()}`);
+    check(page.url() === `${base}/portal`, `the log-in went to ${page.url()}`);
+    await checkPage(page, 'dashboard-new', r, { status: 200 });
+
+    // The authenticator app, set up on the security page with the key it shows.
+    r = await page.goto(`${base}/portal/security`);
+    await checkPage(page, 'security', r, { status: 200 });
+    check((await page.textContent('#security-transaction-password')).trim() === 'not set', 'security: a transaction password is shown as set');
+    await page.fill('#totp-password', PASSWORD);
+    r = await submit(page, 'form[action="/portal/security/totp"] button[type=submit]');
+    await checkPage(page, 'totp-enrol', r, { status: 201 });
+    totpSecret = ((await page.textContent('#totp-secret')) || '').trim();
+    result.totp_secret = totpSecret;
+    check(/^[A-Z2-7]{32}$/.test(totpSecret), `totp-enrol: the key reads ${totpSecret}`);
+    await page.fill('#code', await freshCode());
+    r = await submit(page);
+    await checkPage(page, 'totp-recovery-codes', r, { status: 200 });
+    result.recovery_codes = await page.locator('#recovery-codes li').count();
+    check(result.recovery_codes === 10, `${result.recovery_codes} recovery codes shown`);
+
+    // The session must now prove the factor: the second-factor page, with the next step's code.
+    await page.goto(`${base}/portal`);
+    check(page.url() === `${base}/login/second-factor`, `after enrolment /portal opened ${page.url()}`);
+    r = await page.reload();
     await checkPage(page, 'second-factor', r, { status: 200 });
     await page.selectOption('#method', 'totp');
     await page.fill('#code', await freshCode());
     r = await submit(page);
     check(page.url() === `${base}/portal`, `the second factor went to ${page.url()}`);
     await checkPage(page, 'dashboard', r, { status: 200 });
+
+    // The identity (KYC), from the dashboard's link: a blank reference is refused by name (the API's 422,
+    // the form shown again), then the passport's reference is submitted. Operators decide it meanwhile.
+    [r] = await Promise.all([page.waitForNavigation(), page.click('#kyc-link')]);
+    check(page.url() === `${base}/portal/kyc`, `the dashboard's KYC link went to ${page.url()}`);
+    await checkPage(page, 'kyc', r, { status: 200 });
+    const kycState = () => page.getAttribute('#kyc-state', 'data-state').catch(() => null);
+    check((await kycState()) === 'not_submitted', `kyc: the state reads ${await kycState()}`);
+    await page.selectOption('#kyc-kind-1', 'passport');
+    await page.fill('#kyc-reference-1', '   ');
+    r = await submit(page, 'main form[action="/portal/kyc"] button[type=submit]');
+    await checkPage(page, 'kyc-error', r, { status: 422 });
+    await problemShown(page, 'kyc-error', 'documents[0].reference');
+    check((await page.getAttribute('#kyc-reference-1', 'aria-invalid')) === 'true', 'kyc-error: the row is not marked');
+    await page.selectOption('#kyc-kind-1', 'passport');
+    await page.fill('#kyc-reference-1', KYC_REFERENCE);
+    r = await submit(page, 'main form[action="/portal/kyc"] button[type=submit]');
+    await checkPage(page, 'kyc-submitted', r, { status: 201 });
+    result.kyc_submitted_state = await kycState();
+    const listed = await page.locator('#kyc-documents td.reference').allTextContents();
+    check(listed.length === 1 && listed[0].trim() === KYC_REFERENCE, `kyc-submitted: documents listed ${listed}`);
+    check((await page.locator('main form[action="/portal/kyc"]').count()) === 0, 'kyc-submitted: the form is still offered');
+
+    // The transaction password, on its page (the code just proven is the fresh step-up it needs). The
+    // login password is refused by name first.
+    await page.goto(`${base}/portal/security`);
+    [r] = await Promise.all([page.waitForNavigation(), page.click('#transaction-password-link')]);
+    check(page.url() === `${base}/portal/security/transaction-password`, `the security page linked to ${page.url()}`);
+    await checkPage(page, 'transaction-password', r, { status: 200 });
+    await page.fill('#transaction-password', PASSWORD);
+    await page.fill('#transaction-password-repeat', PASSWORD);
+    r = await submit(page, 'main form[action="/portal/security/transaction-password"] button[type=submit]');
+    await checkPage(page, 'transaction-password-error', r, { status: 422 });
+    await problemShown(page, 'transaction-password-error', 'must differ from the login password');
+    await page.fill('#transaction-password', TRANSACTION_PASSWORD);
+    await page.fill('#transaction-password-repeat', TRANSACTION_PASSWORD);
+    r = await submit(page, 'main form[action="/portal/security/transaction-password"] button[type=submit]');
+    await checkPage(page, 'transaction-password-set', r, { status: 200 });
+    r = await page.goto(`${base}/portal/security`);
+    await checkPage(page, 'security-done', r, { status: 200 });
+    check((await page.textContent('#security-transaction-password')).trim() === 'set', 'security: the transaction password is not shown as set');
+    check((await page.textContent('#totp-state')).includes('10 recovery codes'), `security: ${await page.textContent('#totp-state')}`);
+
+    // The deposit address, read off the page, paid on anvil (mined at once: one confirmation).
+    r = await page.goto(`${base}/portal/deposit`);
+    await checkPage(page, 'deposit', r, { status: 200 });
+    await page.selectOption('#asset', 'ETH');
+    r = await submit(page);
+    await checkPage(page, 'deposit-address', r, { status: 200 });
+    const address = ((await page.textContent('#deposit-address')) || '').trim();
+    result.deposit_address = address;
+    check(/^0x[0-9a-f]{40}$/.test(address), `deposit-address: shows ${address}`);
+    result.deposit_tx_hash = await anvil('eth_sendTransaction', [
+      { from: PAYER, to: address, value: `0x${DEPOSIT_WEI.toString(16)}` },
+    ]);
+    log(`paid ${DEPOSIT_WEI} wei to ${address} in ${result.deposit_tx_hash}`);
 
     // The deposit: pending on the live history page, then credited by the page's own reload.
     r = await page.goto(`${base}/portal/history`);
@@ -134,6 +260,32 @@ async function main() {
     check(r.headers()['refresh'] === undefined, 'the paused history still reloads');
     const depositAmount = await page.locator('#deposits tbody tr td').nth(1).textContent();
     check(depositAmount.includes('2 ETH'), `the deposit's amount is shown as "${depositAmount}"`);
+
+    // The identity: operators verify it while the script runs (web_money.rs); the identity page, reloaded,
+    // shows it, and so does the dashboard.
+    const kycDeadline = Date.now() + KYC_WAIT_MS;
+    r = await page.goto(`${base}/portal/kyc`);
+    result.kyc_page_shown = await kycState();
+    while (result.kyc_page_shown !== 'verified' && Date.now() < kycDeadline) {
+      await sleep(1_000);
+      r = await page.reload();
+      result.kyc_page_shown = await kycState();
+    }
+    check(result.kyc_page_shown === 'verified', `the identity page shows the state "${result.kyc_page_shown}"`);
+    await checkPage(page, 'kyc-verified', r, { status: 200 });
+    const decided = ((await page.textContent('#submission-decided').catch(() => '')) || '').trim();
+    check(decided.endsWith('UTC'), `kyc-verified: the decision date reads "${decided}"`);
+    r = await page.goto(`${base}/portal`);
+    result.kyc_shown = await definition(page, 'Identity (KYC)');
+    while (result.kyc_shown !== 'verified' && Date.now() < kycDeadline) {
+      await sleep(1_000);
+      r = await page.goto(`${base}/portal`);
+      result.kyc_shown = await definition(page, 'Identity (KYC)');
+    }
+    check(result.kyc_shown === 'verified', `the dashboard shows the identity as "${result.kyc_shown}"`);
+    await checkPage(page, 'dashboard-verified', r, { status: 200 });
+    const available = await page.locator('td.available[data-asset=ETH]').textContent().catch(() => null);
+    check(available === '2 ETH', `dashboard: the ETH balance reads ${available}`);
 
     // The address book: save the destination; it cools off first.
     r = await page.goto(`${base}/portal/address-book`);
@@ -219,7 +371,9 @@ async function main() {
     await checkPage(page, 'logins', r, { status: 200 });
     check((await page.locator('#last-login').count()) === 1, 'the last login is not shown');
     const outcomes = await page.locator('#logins td.outcome').allTextContents();
-    check(outcomes.filter((o) => o.trim() === 'success').length >= 2, `logins listed: ${outcomes}`);
+    // The browser's one password log-in (the KYC documents are submitted on the page, not on an API session
+    // of the test's, so no other log-in happens while the script runs).
+    check(outcomes.filter((o) => o.trim() === 'success').length >= 1, `logins listed: ${outcomes}`);
 
     run.checkNoCspViolations();
     log('journey done');

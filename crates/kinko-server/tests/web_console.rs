@@ -697,3 +697,411 @@ async fn u2_u3_u4_web_security_pages_enrol_factors_through_the_api() {
         assert!(r.text.contains("8 recovery codes left"), "{}", r.text);
     }
 }
+
+/// U2, U4, U9 (web::credentials): the transaction-password page and the removal of the authenticator app
+/// call the API's own handlers. Without a second factor proven just before, both are refused with the
+/// API's `step-up-required` named on an HTML page; a CSRF token that is not the session's and a POST
+/// without an origin are refused before anything happens; a typo in the repeat field, a too-short
+/// password and the login password are named; once stepped up the password is set (the API then reports
+/// it) and the app is removed (the API then lists no TOTP factor, and a second removal names the 404).
+#[tokio::test]
+async fn u2_u4_u9_web_transaction_password_and_totp_removal_go_through_the_api() {
+    for ts in test_stores().await {
+        let (app, _) = app_with(&ts.store, |_| {});
+        let path = "/portal/security/transaction-password";
+
+        // No second factor: the page says one is needed, and the API's step-up rule refuses both forms.
+        let (_, api_token) = register(&app, "web-cred-nofactor@example.com").await;
+        let (token, _) = web_login(&app, "web-cred-nofactor@example.com").await;
+        let session = [("__Host-kinko-session", token.as_str())];
+        let page = web(&app, Method::GET, path, &session, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        assert_security_headers(&page, path);
+        assert!(page.text.contains(r#"id="needs-factor""#) && page.text.contains("not set"), "{}", page.text);
+        assert!(page.text.contains(r#"<label for="transaction-password">"#), "{}", page.text);
+        let csrf = page.csrf();
+        let new = [
+            ("csrf", csrf.as_str()),
+            ("password", "a new transaction password"),
+            ("repeat", "a new transaction password"),
+        ];
+        let r = web(&app, Method::POST, path, &session, Some(ORIGIN), &new).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.content_type().starts_with("text/html"), "{}", r.content_type());
+        assert!(r.text.contains("Stronger authentication required"), "{}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:step-up-required") && r.text.contains(r#"role="alert""#));
+        let r =
+            web(&app, Method::POST, "/portal/security/totp/remove", &session, Some(ORIGIN), &[("csrf", &csrf)]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:step-up-required"), "{}", r.text);
+        let status = raw_call(&app, Method::GET, "/v1/mfa", Some(&api_token), None, None).await;
+        assert_eq!(status.json["transaction_password"], false, "{}", status.text);
+
+        // A customer with TOTP, its factor proven on the web session (which opens the step-up window).
+        let (_, api_token) = register(&app, "web-cred@example.com").await;
+        let (_, recovery_codes, _) = enrol_totp(&app, &api_token).await;
+        let (token, _) = web_login(&app, "web-cred@example.com").await;
+        let session = [("__Host-kinko-session", token.as_str())];
+        let form = web(&app, Method::GET, "/login/second-factor", &session, None, &[]).await;
+        let code = [("csrf", form.csrf()), ("method", "recovery_code".into()), ("code", recovery_codes[0].clone())];
+        let code: Vec<(&str, &str)> = code.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = web(&app, Method::POST, "/login/second-factor", &session, Some(ORIGIN), &code).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/portal"), "{}", r.text);
+        let security = web(&app, Method::GET, "/portal/security", &session, None, &[]).await;
+        assert!(security.text.contains(r#"href="/portal/security/transaction-password""#), "{}", security.text);
+        assert!(security.text.contains(r#"action="/portal/security/totp/remove""#), "{}", security.text);
+        let page = web(&app, Method::GET, path, &session, None, &[]).await;
+        assert!(!page.text.contains("needs-step-up") && !page.text.contains("needs-factor"), "{}", page.text);
+        let csrf = page.csrf();
+
+        // CSRF: another session's token, and a POST with no origin at all.
+        let forged = [
+            ("csrf", "00".repeat(32)),
+            ("password", "a new transaction password".into()),
+            ("repeat", "a new transaction password".into()),
+        ];
+        let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = web(&app, Method::POST, path, &session, Some(ORIGIN), &forged).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.text.contains("Form expired or not from this session"), "{}", r.text);
+        let r = web(&app, Method::POST, path, &session, None, &new).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.text.contains("Cross-site request refused"), "{}", r.text);
+        let r = web(&app, Method::POST, "/portal/security/totp/remove", &session, Some(ORIGIN), &[("csrf", "x")]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(r.text.contains("Form expired or not from this session"), "{}", r.text);
+
+        // The API's rules, named: the repeat typo, too short, the login password.
+        for (password, repeat, named) in [
+            (
+                "a new transaction password",
+                "a new transaction passw0rd",
+                "is not the same as the new transaction password",
+            ),
+            ("short", "short", "must be 12 to 128 characters"),
+            (PASSWORD, PASSWORD, "must differ from the login password"),
+        ] {
+            let f = [("csrf", csrf.as_str()), ("password", password), ("repeat", repeat)];
+            let r = web(&app, Method::POST, path, &session, Some(ORIGIN), &f).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{named}: {}", r.text);
+            assert!(r.text.contains(named) && r.text.contains(r#"role="alert""#), "{named}: {}", r.text);
+        }
+        let status = raw_call(&app, Method::GET, "/v1/mfa", Some(&api_token), None, None).await;
+        assert_eq!(status.json["transaction_password"], false, "nothing refused was set: {}", status.text);
+
+        // Set: the API reports it, and the page offers to change it.
+        let new = [
+            ("csrf", csrf.as_str()),
+            ("password", "a new transaction password"),
+            ("repeat", "a new transaction password"),
+        ];
+        let r = web(&app, Method::POST, path, &session, Some(ORIGIN), &new).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(r.text.contains("Transaction password set"), "{}", r.text);
+        let status = raw_call(&app, Method::GET, "/v1/mfa", Some(&api_token), None, None).await;
+        assert_eq!(status.json["transaction_password"], true, "{}", status.text);
+        let page = web(&app, Method::GET, path, &session, None, &[]).await;
+        assert!(page.text.contains("Change the transaction password"), "{}", page.text);
+
+        // Remove the app: the API lists no TOTP factor and no recovery codes; again, the API's 404 is named.
+        let r =
+            web(&app, Method::POST, "/portal/security/totp/remove", &session, Some(ORIGIN), &[("csrf", &csrf)]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(
+            r.text.contains("Authenticator app removed") && r.text.contains(r#"id="no-factor-left""#),
+            "{}",
+            r.text
+        );
+        let status = raw_call(&app, Method::GET, "/v1/mfa", Some(&api_token), None, None).await;
+        assert_eq!(
+            (status.json["totp"].clone(), status.json["recovery_codes_remaining"].clone()),
+            (json!(false), json!(0))
+        );
+        let r =
+            web(&app, Method::POST, "/portal/security/totp/remove", &session, Some(ORIGIN), &[("csrf", &csrf)]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        assert!(r.text.contains("no TOTP factor is active") && r.text.contains(r#"role="alert""#), "{}", r.text);
+        let security = web(&app, Method::GET, "/portal/security", &session, None, &[]).await;
+        assert!(security.text.contains("not set up") && !security.text.contains("totp/remove"), "{}", security.text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The operator console's key pages (web::ops_keys; K2, K7, K8, L2).
+
+/// One browser-like request to an `/ops` page with the operator's cookie (the ops API's bearer token) and
+/// the TCP peer the ops API records as the terminal.
+async fn ops_web(
+    app: &Router,
+    method: Method,
+    path: &str,
+    token: &str,
+    origin: Option<&str>,
+    form: &[(&str, &str)],
+) -> Page {
+    let mut b = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(header::HOST, HOST)
+        .header(header::COOKIE, format!("{}={token}", kinko_server::web::ops::OPS_SESSION_COOKIE));
+    if let Some(o) = origin {
+        b = b.header(header::ORIGIN, o);
+        if o == ORIGIN {
+            b = b.header("sec-fetch-site", "same-origin");
+        }
+    }
+    let mut req = if method == Method::POST {
+        let body: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+        b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(Body::from(body.join("&"))).unwrap()
+    } else {
+        b.body(Body::empty()).unwrap()
+    };
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(support::ops::PEER.parse::<std::net::SocketAddr>().unwrap()));
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    Page { status, headers, text: String::from_utf8_lossy(&bytes).to_string() }
+}
+
+/// K8, L2, M1: the key pages call the API's handlers with the operator's roles. A signing operator is refused
+/// the key access log with an HTML page naming the rule (never a blank page), a log inspector reads it; the
+/// keys page lists the lifecycle state and the moves allowed next, offers the request form only to a
+/// requesting role; a key_transition requested there is the API's (wrong role 403 named, CSRF refused on
+/// every new form, cross-site refused), approved, executed from the request page by the signing operator
+/// (the key moves in the store), and destruction's execution is refused naming `kinko key destroy`.
+#[tokio::test]
+async fn k8_l2_web_key_pages_request_execute_and_access_log_refusals() {
+    use kinko_core::operators::Decision;
+    for ts in test_stores().await {
+        let name = ts.name;
+        let o = support::ops::Ops::staffed(ts).await;
+        let key = kinko_store::signer_records::KeyRecord {
+            id: "hot-web".into(),
+            purpose: "hot_wallet".into(),
+            chain: "ethereum".into(),
+            address: "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc".into(),
+            wrapped_hex: String::new(),
+            state: "active".into(),
+            created_at_ms: support::ops::now_ms(),
+        };
+        assert!(o.ts.store.insert_key(&key).await.unwrap());
+        let (so, ko, li) = (o.token("so1"), o.token("ko1"), o.token("li1"));
+
+        // The key access log: not for a signing operator — an HTML page naming the rule and who may.
+        let refused = ops_web(&o.app, Method::GET, "/ops/key-access-log", &so, None, &[]).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{name}: {}", refused.text);
+        assert!(refused.content_type().starts_with("text/html"), "{name}: {}", refused.content_type());
+        assert_security_headers(&refused, "refused key access log");
+        for needle in ["<h1>", r#"role="alert""#, "/v1/ops/key-access-log is for log_inspector, administrator"] {
+            assert!(refused.text.contains(needle), "{name}: {needle} in {}", refused.text);
+        }
+        let log = ops_web(&o.app, Method::GET, "/ops/key-access-log", &li, None, &[]).await;
+        assert_eq!(log.status, StatusCode::OK, "{name}: {}", log.text);
+        assert!(log.text.contains("Key access log") && log.text.contains("No key access recorded"), "{}", log.text);
+
+        // The keys page: state and the lifecycle's next moves; the form for requesting roles only.
+        let page = ops_web(&o.app, Method::GET, "/ops/keys", &so, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{name}: {}", page.text);
+        assert!(page.text.contains(r#"data-key-id="hot-web""#), "{name}: {}", page.text);
+        assert!(page.text.contains("deactivated_standby, suspended_routine, suspended_emergency"), "{}", page.text);
+        assert!(page.text.contains(r#"action="/ops/keys""#), "{name}: the signing operator gets the form");
+        let csrf_so = page.csrf();
+        let li_page = ops_web(&o.app, Method::GET, "/ops/keys", &li, None, &[]).await;
+        assert!(
+            li_page.text.contains(r#"id="may-not-request""#) && !li_page.text.contains(r#"action="/ops/keys""#),
+            "{name}: {}",
+            li_page.text
+        );
+
+        // CSRF: a wrong token and a cross-site post are refused, and no request is opened.
+        let form = |csrf: &'static str| {
+            [("csrf", csrf), ("key_id", "hot-web"), ("to_state", "deactivated_standby"), ("reason", "end of day")]
+        };
+        let bad = ops_web(&o.app, Method::POST, "/ops/keys", &so, Some(ORIGIN), &form("0")).await;
+        assert_eq!(bad.status, StatusCode::FORBIDDEN, "{name}: {}", bad.text);
+        assert!(bad.text.contains("csrf-token-invalid"), "{name}: {}", bad.text);
+        let mut good = form("0");
+        good[0].1 = &csrf_so;
+        let cross = ops_web(&o.app, Method::POST, "/ops/keys", &so, Some("http://evil.example"), &good).await;
+        assert_eq!(cross.status, StatusCode::FORBIDDEN, "{name}: {}", cross.text);
+        let key_requests = || async {
+            let all = o.ts.store.ops_requests(None, 100).await.unwrap();
+            all.into_iter().filter(|r| r.kind == "key_transition").count()
+        };
+        assert_eq!(key_requests().await, 0, "{name}: nothing was requested");
+
+        // The wrong role: a key operator asks for an activation move — the API's requester-role rule, named.
+        let ko_csrf = ops_web(&o.app, Method::GET, "/ops/keys", &ko, None, &[]).await.csrf();
+        let mut wrong = good;
+        wrong[0].1 = &ko_csrf;
+        let r = ops_web(&o.app, Method::POST, "/ops/keys", &ko, Some(ORIGIN), &wrong).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.text.contains("requester-role") && r.text.contains("signing_operator"), "{name}: {}", r.text);
+
+        // Requested by the signing operator: the request page, where it waits for the signing manager.
+        let r = ops_web(&o.app, Method::POST, "/ops/keys", &so, Some(ORIGIN), &good).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{name}: {}", r.text);
+        let id = r.location().strip_prefix("/ops/requests/").expect("the request's page").to_string();
+        let row = o.ts.store.ops_request(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.process.as_str(), row.kind.as_str(), row.requester.as_str()),
+            ("activation", "key_transition", "so1")
+        );
+        let shown = ops_web(&o.app, Method::GET, &format!("/ops/requests/{id}"), &so, None, &[]).await;
+        assert!(shown.text.contains(&format!("kinko ops sign {id}")), "{name}: the page names the signing command");
+        assert!(!shown.text.contains("/execute\""), "{name}: nothing to execute before approval");
+        assert_eq!(o.decide("sm1", &id, Decision::Approve).await.status, StatusCode::OK);
+
+        // Execute: the form for the approved request; CSRF refused; then executed by the signing operator.
+        let shown = ops_web(&o.app, Method::GET, &format!("/ops/requests/{id}"), &so, None, &[]).await;
+        assert!(shown.text.contains(&format!(r#"action="/ops/requests/{id}/execute""#)), "{name}: {}", shown.text);
+        assert!(shown.text.contains(r#"<label for="evidence">"#), "{name}: the evidence field is labelled");
+        let path = format!("/ops/requests/{id}/execute");
+        let bad = ops_web(&o.app, Method::POST, &path, &so, Some(ORIGIN), &[("csrf", "0"), ("evidence", "")]).await;
+        assert_eq!(bad.status, StatusCode::FORBIDDEN, "{name}: {}", bad.text);
+        assert!(bad.text.contains("csrf-token-invalid"), "{name}: {}", bad.text);
+        let cross = ops_web(&o.app, Method::POST, &path, &so, Some("http://evil.example"), &[("csrf", &csrf_so)]).await;
+        assert_eq!(cross.status, StatusCode::FORBIDDEN, "{name}: {}", cross.text);
+        let bad_json =
+            ops_web(&o.app, Method::POST, &path, &so, Some(ORIGIN), &[("csrf", &csrf_so), ("evidence", "{")]).await;
+        assert_eq!(bad_json.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", bad_json.text);
+        assert!(bad_json.text.contains("evidence") && bad_json.text.contains("is not JSON"), "{}", bad_json.text);
+        assert_eq!(o.ts.store.key("hot-web").await.unwrap().unwrap().state, "active", "{name}: not yet");
+        let done =
+            ops_web(&o.app, Method::POST, &path, &so, Some(ORIGIN), &[("csrf", &csrf_so), ("evidence", "")]).await;
+        assert_eq!((done.status, done.location()), (StatusCode::SEE_OTHER, format!("/ops/requests/{id}").as_str()));
+        assert_eq!(o.ts.store.key("hot-web").await.unwrap().unwrap().state, "deactivated_standby", "{name}");
+        let keys = ops_web(&o.app, Method::GET, "/ops/keys", &so, None, &[]).await;
+        assert!(keys.text.contains(r#"<td class="key-state">deactivated_standby</td>"#), "{name}: {}", keys.text);
+
+        // Destruction: requested by the key operator, approved by an operations manager; executing it in the
+        // console is refused by the API, and the page names the command for the custody host.
+        let r = ops_web(
+            &o.app,
+            Method::POST,
+            "/ops/keys",
+            &ko,
+            Some(ORIGIN),
+            &[("csrf", &ko_csrf), ("key_id", "hot-web"), ("to_state", "destroyed"), ("reason", "retired")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{name}: {}", r.text);
+        let destroy = r.location().strip_prefix("/ops/requests/").unwrap().to_string();
+        assert_eq!(o.ts.store.ops_request(&destroy).await.unwrap().unwrap().process, "destruction");
+        assert_eq!(o.decide("om1", &destroy, Decision::Approve).await.status, StatusCode::OK);
+        let path = format!("/ops/requests/{destroy}/execute");
+        let r = ops_web(&o.app, Method::POST, &path, &ko, Some(ORIGIN), &[("csrf", &ko_csrf), ("evidence", "")]).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{name}: {}", r.text);
+        assert!(r.text.contains("execute-with-cli") && r.text.contains(r#"role="alert""#), "{name}: {}", r.text);
+        assert!(
+            r.text.contains(&format!("kinko key destroy --request {destroy} --confirm hot-web --key YOUR_KEY_FILE")),
+            "{name}: the command is named: {}",
+            r.text
+        );
+        assert_eq!(o.ts.store.key("hot-web").await.unwrap().unwrap().state, "deactivated_standby", "{name}");
+    }
+}
+
+/// U1, M1 (web::kyc): the identity page shows the API's KYC state and submits the documents through the
+/// API's own `submit_kyc`: refused while the e-mail address is unverified (the API's 403, on the page), a
+/// bad reference refused as an HTML page naming `documents[0].reference` with the values kept, a forged or
+/// cross-site form refused before anything is submitted, and a good submission is what `GET /v1/kyc` then
+/// shows; afterwards the form is gone and a second submission is the API's 409.
+#[tokio::test]
+async fn u1_m1_web_kyc_page_submits_documents_through_the_api() {
+    for ts in test_stores().await {
+        let name = ts.name;
+        let (app, _) = app_with(&ts.store, |c| c.onboarding.dev_auto_verify = false);
+        let email = "web-kyc@example.com";
+        let (_, api_token) = register(&app, email).await;
+        let (token, _) = web_login(&app, email).await;
+        let session = [("__Host-kinko-session", token.as_str())];
+
+        let dashboard = web(&app, Method::GET, "/portal", &session, None, &[]).await;
+        assert!(dashboard.text.contains(r#"id="kyc-link" href="/portal/kyc""#), "{name}: {}", dashboard.text);
+        let page = web(&app, Method::GET, "/portal/kyc", &session, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{name}: {}", page.text);
+        assert_security_headers(&page, "/portal/kyc");
+        assert!(page.text.contains(r#"id="kyc-state" data-state="not_submitted""#), "{name}: {}", page.text);
+        assert!(page.text.contains("kyc-needs-email"), "{name}: the unverified e-mail is not pointed out");
+        for field in ["kyc-kind-1", "kyc-reference-1", "kyc-kind-3", "kyc-reference-3"] {
+            assert!(page.text.contains(&format!(r#"<label for="{field}""#)), "{name}: no label for {field}");
+        }
+        let csrf = page.csrf();
+        let good = [
+            ("csrf", csrf.as_str()),
+            ("kind_1", "passport"),
+            ("reference_1", "dms://web-kyc/passport"),
+            ("kind_2", "proof_of_address"),
+            ("reference_2", "dms://web-kyc/utility-bill"),
+            ("kind_3", "passport"),
+            ("reference_3", ""),
+        ];
+
+        // The e-mail address is not verified yet: the API refuses, the page says so.
+        let r = web(&app, Method::POST, "/portal/kyc", &session, Some(ORIGIN), &good).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.content_type().starts_with("text/html"), "{name}");
+        assert!(r.text.contains("urn:kinko:problem:email-unverified") && r.text.contains(r#"role="alert""#));
+        let mails = support::customer::deliver_mail(&ts.store).await;
+        let verification = mails
+            .iter()
+            .rev()
+            .filter(|m| m.to.contains(email))
+            .find_map(|m| {
+                m.body.lines().find_map(|l| l.trim().strip_prefix("Verification token: ").map(str::to_string))
+            })
+            .unwrap_or_else(|| panic!("{name}: no verification mail"));
+        let v =
+            raw_call(&app, Method::POST, "/v1/email-verifications", None, None, Some(json!({"token": verification})))
+                .await;
+        assert_eq!(v.status, StatusCode::OK, "{name}: {}", v.text);
+
+        // A blank reference: the API's 422, as the form again naming the field, the values kept.
+        let mut blank = good;
+        blank[2] = ("reference_1", "   ");
+        let r = web(&app, Method::POST, "/portal/kyc", &session, Some(ORIGIN), &blank).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.text);
+        assert!(r.content_type().starts_with("text/html"), "{name}");
+        assert!(r.text.contains("documents[0].reference"), "{name}: the field is not named: {}", r.text);
+        assert!(r.text.contains("must be 1 to 200 bytes of printable text"), "{name}: {}", r.text);
+        assert!(r.text.contains(r#"id="kyc-reference-1-error""#), "{name}: the row is not marked");
+        assert!(r.text.contains(r#"value="dms://web-kyc/utility-bill""#), "{name}: the typed values are lost");
+        assert!(r.text.contains(r#"<form method="post" action="/portal/kyc""#), "{name}: no form to correct");
+
+        // CSRF: a token that is not the session's, and a cross-site post, submit nothing.
+        let mut forged = good;
+        forged[0] = ("csrf", "0000000000000000000000000000000000000000000000000000000000000000");
+        let r = web(&app, Method::POST, "/portal/kyc", &session, Some(ORIGIN), &forged).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:csrf-token-invalid"), "{name}: {}", r.text);
+        let r = web(&app, Method::POST, "/portal/kyc", &session, Some("http://evil.example"), &good).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:cross-site-request"), "{name}: {}", r.text);
+        let api = raw_call(&app, Method::GET, "/v1/kyc", Some(&api_token), None, None).await;
+        assert_eq!(api.json["state"], "not_submitted", "{name}: {}", api.text);
+
+        // The good submission: 201 and the page shows it; the API shows exactly those documents.
+        let r = web(&app, Method::POST, "/portal/kyc", &session, Some(ORIGIN), &good).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.text);
+        assert!(r.text.contains(r#"id="kyc-submitted""#) && r.text.contains(r#"data-state="submitted""#));
+        let api = raw_call(&app, Method::GET, "/v1/kyc", Some(&api_token), None, None).await;
+        assert_eq!(api.json["state"], "submitted", "{name}: {}", api.text);
+        assert_eq!(
+            api.json["submission"]["documents"],
+            json!([
+                {"kind": "passport", "reference": "dms://web-kyc/passport"},
+                {"kind": "proof_of_address", "reference": "dms://web-kyc/utility-bill"},
+            ]),
+            "{name}"
+        );
+        let page = web(&app, Method::GET, "/portal/kyc", &session, None, &[]).await;
+        assert!(page.text.contains("dms://web-kyc/utility-bill") && page.text.contains("Proof of address"));
+        assert!(!page.text.contains(r#"action="/portal/kyc""#), "{name}: the form is offered while submitted");
+        let r = web(&app, Method::POST, "/portal/kyc", &session, Some(ORIGIN), &good).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{name}: {}", r.text);
+        assert!(r.text.contains("urn:kinko:problem:kyc-state"), "{name}: {}", r.text);
+    }
+}

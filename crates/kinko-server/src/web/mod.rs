@@ -18,9 +18,12 @@
 //!   session exists (sign up, log in, e-mail verification) are bound the same way to a pre-session cookie
 //!   ([`PRE_SESSION_COOKIE`]), so log-in CSRF is refused too.
 
+pub mod credentials;
+pub mod kyc;
 pub mod mfa;
 pub mod money;
 pub mod ops;
+pub mod ops_keys;
 pub mod pages;
 pub mod portal;
 
@@ -101,6 +104,14 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/step-up/passkey", post(mfa::step_up_passkey_start))
         .route("/portal/step-up/passkey/finish", post(mfa::step_up_passkey_finish))
         .route(mfa::WEBAUTHN_JS_PATH, get(mfa::webauthn_js))
+        // web::credentials (H-A): the transaction password and removing the authenticator app.
+        .route(
+            credentials::TRANSACTION_PASSWORD_PATH,
+            get(credentials::transaction_password_form).post(credentials::set_transaction_password),
+        )
+        .route(credentials::REMOVE_TOTP_PATH, post(credentials::remove_totp))
+        // web::kyc (H-C): the customer's identity verification — its state and the document submission.
+        .route(kyc::KYC_PATH, get(kyc::kyc_page).post(kyc::submit))
         // web::ops (H9): the operator console — log-in, approval queue, decoded request, inspection, freezes,
         // reconciliation, audit trail.
         .route(ops::OPS_LOGIN_PATH, get(ops::login_form).post(ops::login))
@@ -113,6 +124,10 @@ pub fn routes() -> Router<AppState> {
         .route(ops::OPS_FREEZES_PATH, get(ops::freezes).post(ops::freeze))
         .route(ops::OPS_RECONCILIATION_PATH, get(ops::reconciliation).post(ops::run_reconciliation))
         .route(ops::OPS_AUDIT_PATH, get(ops::audit))
+        // web::ops_keys (H-B): key lifecycle actions, executing approved Table A-1 requests, the key access log.
+        .route(ops_keys::OPS_KEYS_PATH, get(ops_keys::keys).post(ops_keys::request_key_action))
+        .route("/ops/requests/{id}/execute", post(ops_keys::execute))
+        .route(ops_keys::OPS_KEY_ACCESS_LOG_PATH, get(ops_keys::key_access_log))
         .route(STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::from_fn(check_origin))
         .layer(axum::middleware::map_response(security_headers))

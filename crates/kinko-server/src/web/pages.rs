@@ -20,6 +20,9 @@ pub enum Nav<'a> {
     Pending {
         csrf: &'a str,
     },
+    /// The operator console: none of the customer links (its own navigation is in the page), the brand
+    /// leads to the console.
+    Operator,
 }
 
 /// The frame of every page: language, viewport, the one stylesheet, a skip link for keyboard users, the
@@ -37,27 +40,34 @@ pub fn layout(title: &str, nav: Nav<'_>, body: Markup) -> Markup {
             body {
                 a class="skip" href="#main" { "Skip to content" }
                 header class="site" {
-                    a class="brand" href="/" { "kinko" }
-                    nav aria-label="Main" {
-                        @match nav {
-                            Nav::Visitor => {
-                                a href="/login" { "Log in" }
-                                a href="/signup" { "Sign up" }
-                            }
-                            Nav::Customer { csrf } => {
-                                a href="/portal" { "Balances" }
-                                a href="/portal/deposit" { "Deposit" }
-                                // web::money (H8).
-                                a href="/portal/withdraw" { "Withdraw" }
-                                a href="/portal/history" { "History" }
-                                a href="/portal/address-book" { "Address book" }
-                                a href="/portal/logins" { "Logins" }
-                                // web::mfa (H7).
-                                a href="/portal/security" { "Security" }
-                                (logout_form(csrf))
-                            }
-                            Nav::Pending { csrf } => {
-                                (logout_form(csrf))
+                    @if matches!(nav, Nav::Operator) {
+                        a class="brand" href="/ops" { "kinko operator console" }
+                    } @else {
+                        a class="brand" href="/" { "kinko" }
+                        nav aria-label="Main" {
+                            @match nav {
+                                Nav::Visitor => {
+                                    a href="/login" { "Log in" }
+                                    a href="/signup" { "Sign up" }
+                                }
+                                Nav::Customer { csrf } => {
+                                    a href="/portal" { "Balances" }
+                                    a href="/portal/deposit" { "Deposit" }
+                                    // web::money (H8).
+                                    a href="/portal/withdraw" { "Withdraw" }
+                                    a href="/portal/history" { "History" }
+                                    a href="/portal/address-book" { "Address book" }
+                                    a href="/portal/logins" { "Logins" }
+                                    // web::kyc (H-C).
+                                    a href="/portal/kyc" { "Identity" }
+                                    // web::mfa (H7).
+                                    a href="/portal/security" { "Security" }
+                                    (logout_form(csrf))
+                                }
+                                Nav::Pending { csrf } => {
+                                    (logout_form(csrf))
+                                }
+                                Nav::Operator => {}
                             }
                         }
                     }

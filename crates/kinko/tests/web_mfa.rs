@@ -87,16 +87,8 @@ async fn u2_u3_u4_totp_and_passkey_enrolment_and_login_in_chromium() {
 
     // The API sees what the pages did: the authenticator app removed with its recovery codes (the page
     // showed one of ten used before), one passkey, and the passkey the page named.
-    let r: Value = http
-        .post(format!("{base}/v1/sessions"))
-        .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = r["token"].as_str().expect("token");
+    let token = support::password_session(&http, &base, &email).await;
+    let token = token.as_str();
     let status: Value =
         http.get(format!("{base}/v1/mfa")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["totp"], false, "{status}");

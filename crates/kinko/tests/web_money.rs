@@ -96,20 +96,6 @@ const KYC_REFERENCE: &str = "dms://web-money/passport-1";
 const REVIEWER_SEED: u8 = 21;
 const MANAGER_SEED: u8 = 22;
 
-/// A password session of the customer on the JSON API (no second factor proven: reads only).
-async fn api_session(http: &reqwest::Client, base: &str, email: &str) -> String {
-    let r: Value = http
-        .post(format!("{base}/v1/sessions"))
-        .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["token"].as_str().unwrap_or_else(|| panic!("log in {email}: {r}")).to_string()
-}
-
 async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> (u16, Value) {
     let r = http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -223,7 +209,7 @@ async fn m1_u4_customer_deposit_withdraw_confirm_journey_in_chromium() {
 
     // The API sees what the pages did.
     let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-    let token = api_session(&http, &base, &email).await;
+    let token = support::password_session(&http, &base, &email).await;
     let get = |path: &str| {
         let req = http.get(format!("{base}{path}")).bearer_auth(&token);
         async move { req.send().await.unwrap().json::<Value>().await.unwrap() }

@@ -48,16 +48,7 @@ async fn totp_customer(base: &str) -> (String, String, u64) {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "register {email}");
-    let r: Value = http
-        .post(format!("{base}/v1/sessions"))
-        .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = r["token"].as_str().expect("token").to_string();
+    let token = support::password_session(&http, base, &email).await;
     let r: Value = http
         .post(format!("{base}/v1/mfa/totp"))
         .bearer_auth(&token)
@@ -90,19 +81,10 @@ async fn totp_customer(base: &str) -> (String, String, u64) {
 /// The customer's ETH deposit address as the JSON API answers it.
 async fn api_deposit_address(base: &str, email: &str) -> String {
     let http = reqwest::Client::new();
-    let r: Value = http
-        .post(format!("{base}/v1/sessions"))
-        .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = r["token"].as_str().expect("token");
+    let token = support::password_session(&http, base, email).await;
     let r: Value = http
         .post(format!("{base}/v1/deposit-addresses"))
-        .bearer_auth(token)
+        .bearer_auth(&token)
         .json(&json!({"asset": "ETH"}))
         .send()
         .await

@@ -164,6 +164,21 @@ pub struct Customer {
     factor: std::sync::Arc<std::sync::Mutex<Factor>>,
 }
 
+/// A password session of the customer `email` on the JSON API (no second factor proven: reads only, and
+/// the start of every enrolment).
+pub async fn password_session(http: &reqwest::Client, base: &str, email: &str) -> String {
+    let r: Value = http
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["token"].as_str().unwrap_or_else(|| panic!("log in {email}: {r}")).to_string()
+}
+
 impl Customer {
     /// Register → log in → enrol TOTP → step up → set the transaction password → an ETH deposit address.
     /// `mail_dir` is the serving kinko's `[notices] mail_dir` ([`Harness::mail_dir`]).
@@ -176,16 +191,7 @@ impl Customer {
             .await
             .unwrap();
         assert_eq!(r.status(), 201, "register {email}: {}", r.text().await.unwrap_or_default());
-        let r: Value = http
-            .post(format!("{base}/v1/sessions"))
-            .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = r["token"].as_str().expect("token").to_string();
+        let token = password_session(&http, base, email).await;
         let post = |path: &str, body: Value| http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send();
         let r: Value =
             post("/v1/mfa/totp", json!({"password": CUSTOMER_PASSWORD})).await.unwrap().json().await.unwrap();

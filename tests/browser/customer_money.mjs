@@ -350,6 +350,9 @@ async function main() {
       result.confirmation_link_mailed = linkToken !== null;
       r = await page.goto(`${base}/confirm-withdrawal?token=${linkToken}`);
       await checkPage(page, 'confirm-withdrawal', r, { status: 200 });
+      // U4: the page shows what the token confirms before the customer confirms it.
+      result.confirm_page_amount = (await page.locator('#pending-amount').textContent()).trim();
+      result.confirm_page_destination = (await page.locator('#pending-destination').textContent()).trim();
       r = await submit(page);
       await checkPage(page, 'withdrawal-confirmed', r, { status: 200 });
       check((await page.locator('#withdrawal-id').textContent()).trim() === id, 'another withdrawal was confirmed');

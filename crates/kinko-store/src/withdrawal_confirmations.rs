@@ -204,6 +204,14 @@ impl Store {
         r.as_ref().map(confirmation_from_row).transpose()
     }
 
+    /// The confirmation whose token hashes to `token_sha256`, read without changing anything (the
+    /// confirmation page shows what the token would confirm before the customer confirms it).
+    pub async fn confirmation_by_token(&self, token_sha256: &str) -> Result<Option<ConfirmationRow>> {
+        let q = format!("SELECT {CONFIRMATION_COLUMNS} FROM withdrawal_confirmations WHERE token_sha256 = $1");
+        let r = sqlx::query(sql(q)).bind(token_sha256).fetch_optional(self.pool()).await?;
+        r.as_ref().map(confirmation_from_row).transpose()
+    }
+
     /// Confirms the withdrawal whose token hashes to `token_sha256`: if it is unused and `now_ms` is before
     /// its expiry, the withdrawal moves `awaiting_confirmation →` the status decided at creation (with its
     /// operator request when that is `pending_approval`) and becomes due for the pipeline at once. An

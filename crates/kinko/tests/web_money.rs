@@ -241,6 +241,9 @@ async fn m1_u4_customer_deposit_withdraw_confirm_journey_in_chromium() {
     assert_eq!(w["amount"], WITHDRAW_WEI.to_string(), "0.25 typed on the page is 0.25 ETH in wei");
     assert_eq!(w["destination"], destination);
     assert_eq!(report["settled_tx_hash"], w["tx_hash"], "the history showed the transaction");
+    // The mailed link's page showed what it confirms before the customer confirmed (U4).
+    assert_eq!(report["confirm_page_amount"], format!("{WITHDRAW_TEXT} ETH"), "{report:#}");
+    assert_eq!(report["confirm_page_destination"].as_str().map(str::to_lowercase), Some(destination.to_lowercase()));
     assert!(w["confirmations"].as_u64().unwrap() >= CONFIRMATIONS, "{w}");
     assert_eq!(h.balance_of(&destination).await, WITHDRAW_WEI, "the destination received the amount");
     support::wait_for("the balance after the withdrawal", Duration::from_secs(10), None, || async {

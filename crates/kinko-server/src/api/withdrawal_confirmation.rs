@@ -401,6 +401,48 @@ pub async fn confirm_withdrawal(
     }
 }
 
+/// What an unused, unexpired token would confirm: shown on the confirmation page before the customer
+/// confirms (U4: the customer confirms a withdrawal they can see, not a bare token).
+#[derive(Clone, Debug)]
+pub struct PendingConfirmation {
+    pub withdrawal_id: String,
+    pub asset: kinko_core::AssetCode,
+    pub amount: Amount,
+    pub destination: String,
+    pub requested_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// Looks a token up without using it. `None` for every token that would be refused (malformed, unknown,
+/// used, expired, or its withdrawal no longer awaiting confirmation), so the page tells them apart no more
+/// than [`confirm_withdrawal`] does. Addresses blocked for login abuse learn nothing either.
+pub async fn pending_confirmation(
+    state: &AppState,
+    client: &ClientInfo,
+    token: &str,
+) -> Result<Option<PendingConfirmation>, Problem> {
+    let now = now_ms();
+    if !well_formed(token) || login_protection::ip_refusal(state, client, now).await?.is_some() {
+        return Ok(None);
+    }
+    let Some(c) = state.store.confirmation_by_token(&token_sha256(token)).await? else { return Ok(None) };
+    if c.state != kinko_store::withdrawal_confirmations::STATE_AWAITING || now >= c.expires_at_ms {
+        return Ok(None);
+    }
+    let Some(w) = state.store.withdrawal(&c.withdrawal_id).await? else { return Ok(None) };
+    if w.status != kinko_core::withdrawal::WithdrawalStatus::AwaitingConfirmation {
+        return Ok(None);
+    }
+    Ok(Some(PendingConfirmation {
+        withdrawal_id: w.id,
+        asset: w.asset,
+        amount: w.amount,
+        destination: w.destination,
+        requested_at_ms: w.created_at_ms,
+        expires_at_ms: c.expires_at_ms,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use base64::Engine;
 use maud::{Markup, html};
 use qrcode::{EcLevel, QrCode};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::pages::{Nav, csrf_field, layout, problem_page, problem_summary, respond, utc};
 use super::{PendingSession, SESSION_COOKIE, Visitor, WebSession, set_cookie};
@@ -28,7 +29,9 @@ use crate::api::login_protection::{self, ClientInfo, HistoryQuery};
 use crate::api::mfa::{self, StepUpBody};
 use crate::api::onboarding::{self, TokenBody};
 use crate::api::problem::FieldError;
-use crate::api::withdrawal_confirmation::{self, CONFIRM_PAGE_PATH, ConfirmationRequest, ConfirmationResult};
+use crate::api::withdrawal_confirmation::{
+    self, CONFIRM_PAGE_PATH, ConfirmationRequest, ConfirmationResult, PendingConfirmation,
+};
 use crate::clock::now_ms;
 
 /// Recent logins shown on the dashboard (U11).
@@ -528,12 +531,33 @@ pub async fn deposit_address(
 // ---------------------------------------------------------------------------------------------------
 // Second-channel confirmation of a withdrawal (U4, U8): the page the confirmation mail links to.
 
-fn confirm_page(visitor: &Visitor, token: &str, problem: Option<&Problem>) -> Markup {
+fn confirm_page(
+    visitor: &Visitor,
+    token: &str,
+    problem: Option<&Problem>,
+    pending: Option<(&PendingConfirmation, String)>,
+) -> Markup {
     let body = html! {
         h1 { "Confirm a withdrawal" }
         @if let Some(p) = problem { (problem_summary(p)) }
         p { "Confirm only a withdrawal you asked for yourself. If you did not ask for it, do not confirm: log in, \
              cancel it and change your password." }
+        // What the token would confirm, read without using it: the customer confirms what they can see.
+        @if let Some((w, amount)) = pending {
+            section aria-labelledby="pending-heading" id="pending-withdrawal" {
+                h2 id="pending-heading" { "The withdrawal this confirms" }
+                dl {
+                    dt { "Amount" } dd id="pending-amount" { (amount) }
+                    dt { "Destination" } dd { code id="pending-destination" class="address" { (w.destination) } }
+                    dt { "Requested" } dd { (utc(w.requested_at_ms)) }
+                    dt { "Confirm before" } dd { (utc(w.expires_at_ms)) }
+                    dt { "Withdrawal" } dd { code { (w.withdrawal_id) } }
+                }
+            }
+        } @else if !token.is_empty() && problem.is_none() {
+            p id="pending-unknown" { "This token names no withdrawal waiting for confirmation: it may be mistyped, \
+                used already or expired. Confirming it will be refused." }
+        }
         // A form, not a confirming link: mail scanners and link previews follow links, never POST forms.
         form method="post" action=(CONFIRM_PAGE_PATH) {
             (csrf_field(&visitor.csrf()))
@@ -550,9 +574,20 @@ fn confirm_page(visitor: &Visitor, token: &str, problem: Option<&Problem>) -> Ma
 
 /// The mail's link (`<public_base_url>/confirm-withdrawal?token=…`) opens this form pre-filled; nothing is
 /// confirmed by opening it.
-pub async fn confirm_withdrawal_form(visitor: Visitor, Query(q): Query<TokenQuery>) -> Response {
-    let token = q.token.unwrap_or_default();
-    respond(StatusCode::OK, confirm_page(&visitor, &token, None), &visitor_cookies(&visitor))
+pub async fn confirm_withdrawal_form(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    client: ClientInfo,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let token = Zeroizing::new(q.token.unwrap_or_default());
+    let cookies = visitor_cookies(&visitor);
+    let pending = match withdrawal_confirmation::pending_confirmation(&state, &client, &token).await {
+        Ok(p) => p,
+        Err(p) => return respond(p.status, confirm_page(&visitor, &token, Some(&p), None), &cookies),
+    };
+    let shown = pending.as_ref().map(|w| (w, amount_text(&state, w.asset.as_str(), w.amount)));
+    respond(StatusCode::OK, confirm_page(&visitor, &token, None, shown), &cookies)
 }
 
 /// The API's confirmation ([`withdrawal_confirmation::confirm_withdrawal`]: IP blocks, one answer for every
@@ -566,12 +601,12 @@ pub async fn confirm_withdrawal(
     let cookies = visitor_cookies(&visitor);
     let f = match form(parsed).and_then(|f| super::check_csrf(Some(&visitor.secret), &f.csrf).map(|()| f)) {
         Ok(f) => f,
-        Err(p) => return respond(p.status, confirm_page(&visitor, "", Some(&p)), &cookies),
+        Err(p) => return respond(p.status, confirm_page(&visitor, "", Some(&p), None), &cookies),
     };
     let request = ConfirmationRequest { token: f.token };
     let answer = match withdrawal_confirmation::confirm_withdrawal(State(state), client, ApiJson(request)).await {
         Ok(answer) => answer,
-        Err(p) => return respond(p.status, confirm_page(&visitor, "", Some(&p)), &cookies),
+        Err(p) => return respond(p.status, confirm_page(&visitor, "", Some(&p), None), &cookies),
     };
     // The API answers 200 with the result, or 429 (blocked address) as a response of its own.
     let status = answer.status();
@@ -582,7 +617,7 @@ pub async fn confirm_withdrawal(
             let p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "too many requests")
                 .detail("requests from this address are blocked for now; try again later");
             let p = if status == StatusCode::TOO_MANY_REQUESTS { p } else { Problem::from_status(status) };
-            return respond(p.status, confirm_page(&visitor, "", Some(&p)), &cookies);
+            return respond(p.status, confirm_page(&visitor, "", Some(&p), None), &cookies);
         }
     };
     let body = html! {

@@ -321,8 +321,17 @@ async fn u4_u8_withdrawal_confirmed_from_the_mail_link_page() {
         assert_eq!(form.status, StatusCode::OK);
         assert_security_headers(&form, "/confirm-withdrawal");
         assert!(form.text.contains(&format!(r#"value="{token}""#)), "the form is pre-filled: {}", form.text);
+        // U4: the page shows what the token confirms (amount with decimals, destination) before anything is
+        // confirmed; a token naming nothing says so.
+        assert!(form.text.contains("0.001 ETH"), "the amount: {}", form.text);
+        assert!(form.text.contains(destination), "the destination: {}", form.text);
+        assert!(form.text.contains(&id), "the withdrawal: {}", form.text);
         let view = raw_call(&app, Method::GET, &format!("/v1/withdrawals/{id}"), Some(&c.token), None, None).await;
         assert_eq!(view.json["status"], "awaiting_confirmation", "opening the link confirmed it");
+        let other =
+            web(&app, Method::GET, &format!("/confirm-withdrawal?token={}", "ab".repeat(32)), &[], None, &[]).await;
+        assert_eq!(other.status, StatusCode::OK);
+        assert!(other.text.contains("pending-unknown") && !other.text.contains(destination), "{}", other.text);
 
         let (pre, _) = form.set_cookie("__Host-kinko-pre").unwrap();
         let cookies = [("__Host-kinko-pre", pre.as_str())];
@@ -343,6 +352,9 @@ async fn u4_u8_withdrawal_confirmed_from_the_mail_link_page() {
             again.text
         );
         assert!(again.text.contains(r#"role="alert""#), "{}", again.text);
+        // Used: the link's page no longer shows the withdrawal.
+        let used = web(&app, Method::GET, &format!("/confirm-withdrawal?token={token}"), &[], None, &[]).await;
+        assert!(used.text.contains("pending-unknown") && !used.text.contains(destination), "{}", used.text);
     }
 }
 
@@ -1103,5 +1115,186 @@ async fn u1_m1_web_kyc_page_submits_documents_through_the_api() {
         let r = web(&app, Method::POST, "/portal/kyc", &session, Some(ORIGIN), &good).await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{name}: {}", r.text);
         assert!(r.text.contains("urn:kinko:problem:kyc-state"), "{name}: {}", r.text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The operator console's KYC queue and maintenance windows (web::ops_admin; U1, S4).
+
+/// U1, S4, M1 (web::ops_admin): the KYC and maintenance pages call the API's handlers with the operator's
+/// roles. A role the queue is not for gets an HTML page naming the rule (never a blank page); the forms are
+/// offered to the roles the API allows, others see its refusal; a wrong-role form posted anyway is the API's
+/// 403 on the page, a forged CSRF token records nothing, a blank reason is the form again naming `reason`;
+/// the signing operator reviews and the operations manager decides, and `GET /v1/kyc` says verified. A
+/// window whose end is before its start is the form again naming the end, the typed values kept; one
+/// announced from now turns the portal's pages into the maintenance page while `/ops` keeps answering,
+/// and cancelling it from the page opens the portal again.
+#[tokio::test]
+async fn u1_s4_m1_web_kyc_queue_and_maintenance_windows_through_the_api() {
+    for ts in test_stores().await {
+        let name = ts.name;
+        let o =
+            support::ops::Ops::staff(support::ops::ops_with(ts, |c| c.onboarding.dev_auto_verify = false).await).await;
+        let (so, om, li, admin) = (o.token("so1"), o.token("om1"), o.token("li1"), o.token("admin2"));
+        // A customer with a verified e-mail address submits documents through the API.
+        let email = "ops-admin-kyc@example.com";
+        let (_, customer) = o.customer(email).await;
+        let mails = support::customer::deliver_mail(&o.ts.store).await;
+        let verification = mails
+            .iter()
+            .rev()
+            .filter(|m| m.to.contains(email))
+            .find_map(|m| {
+                m.body.lines().find_map(|l| l.trim().strip_prefix("Verification token: ").map(str::to_string))
+            })
+            .unwrap_or_else(|| panic!("{name}: no verification mail"));
+        let r = o.call(Method::POST, "/v1/email-verifications", None, Some(json!({"token": verification}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.text);
+        let docs = json!({"documents": [{"kind": "passport", "reference": "dms://ops-admin/passport"}]});
+        let r = o.call(Method::POST, "/v1/kyc", Some(&customer), Some(docs)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.text);
+        let id = r.json["id"].as_str().unwrap().to_string();
+        let kyc_state = || async { o.ts.store.kyc_submission(&id).await.unwrap().unwrap().state.as_str().to_string() };
+
+        // Not for an administrator: an HTML page naming the rule and who may.
+        let refused = ops_web(&o.app, Method::GET, "/ops/kyc", &admin, None, &[]).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{name}: {}", refused.text);
+        assert!(refused.content_type().starts_with("text/html"), "{name}");
+        assert_security_headers(&refused, "refused KYC queue");
+        for needle in
+            ["<h1>", r#"role="alert""#, "/v1/ops/kyc is for signing_operator, operations_manager, log_inspector"]
+        {
+            assert!(refused.text.contains(needle), "{name}: {needle} in {}", refused.text);
+        }
+        // The log inspector reads the queue; the forms are not theirs and the page says whose they are.
+        let page = ops_web(&o.app, Method::GET, "/ops/kyc", &li, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{name}: {}", page.text);
+        assert!(page.text.contains(&format!(r#"data-case-id="{id}""#)), "{name}: {}", page.text);
+        assert!(page.text.contains(r#"id="may-not-review""#) && page.text.contains(r#"id="may-not-decide""#));
+        assert!(page.text.contains("review is for signing_operator"), "{name}: {}", page.text);
+        assert!(!page.text.contains("/review\""), "{name}: no review form for a log inspector");
+        let li_csrf = page.csrf();
+        let review_path = format!("/ops/kyc/{id}/review");
+        let so_page = ops_web(&o.app, Method::GET, "/ops/kyc", &so, None, &[]).await;
+        assert!(so_page.text.contains(&format!(r#"action="{review_path}""#)), "{name}: {}", so_page.text);
+        let so_csrf = so_page.csrf();
+
+        // A forged token: refused, nothing recorded. The wrong role posting anyway: the API's 403, named.
+        let bad = ops_web(&o.app, Method::POST, &review_path, &so, Some(ORIGIN), &[("csrf", "0")]).await;
+        assert_eq!(bad.status, StatusCode::FORBIDDEN, "{name}: {}", bad.text);
+        assert!(bad.text.contains("csrf-token-invalid") && bad.text.contains(r#"role="alert""#), "{}", bad.text);
+        let cross =
+            ops_web(&o.app, Method::POST, &review_path, &so, Some("http://evil.example"), &[("csrf", &so_csrf)]).await;
+        assert_eq!(cross.status, StatusCode::FORBIDDEN, "{name}: {}", cross.text);
+        let wrong = ops_web(&o.app, Method::POST, &review_path, &li, Some(ORIGIN), &[("csrf", &li_csrf)]).await;
+        assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{name}: {}", wrong.text);
+        assert!(wrong.content_type().starts_with("text/html"), "{name}");
+        assert!(wrong.text.contains("review is for signing_operator") && wrong.text.contains(r#"role="alert""#));
+        assert_eq!(kyc_state().await, "submitted", "{name}: nothing recorded");
+
+        // The signing operator takes the case.
+        let r = ops_web(&o.app, Method::POST, &review_path, &so, Some(ORIGIN), &[("csrf", &so_csrf)]).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/ops/kyc"), "{name}: {}", r.text);
+        assert_eq!(kyc_state().await, "under_review", "{name}");
+
+        // The decision: not the signing operator's (the API's rule, named); a blank reason is the form again.
+        let decision_path = format!("/ops/kyc/{id}/decision");
+        let om_page = ops_web(&o.app, Method::GET, "/ops/kyc", &om, None, &[]).await;
+        assert!(om_page.text.contains(&format!(r#"action="{decision_path}""#)), "{name}: {}", om_page.text);
+        assert!(om_page.text.contains(&format!(r#"<label for="reason-{id}">"#)), "{name}: the reason is labelled");
+        let om_csrf = om_page.csrf();
+        let form = |csrf: &str, reason: &str| {
+            vec![
+                ("csrf".to_string(), csrf.to_string()),
+                ("decision".into(), "verified".into()),
+                ("reason".into(), reason.to_string()),
+            ]
+        };
+        let post = |token: String, f: Vec<(String, String)>| {
+            let path = decision_path.clone();
+            let app = o.app.clone();
+            async move {
+                let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                ops_web(&app, Method::POST, &path, &token, Some(ORIGIN), &f).await
+            }
+        };
+        let r = post(so.clone(), form(&so_csrf, "documents checked")).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.text.contains("decision is for operations_manager"), "{name}: {}", r.text);
+        let r = post(om.clone(), form("0", "documents checked")).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.text.contains("csrf-token-invalid"), "{name}: {}", r.text);
+        let r = post(om.clone(), form(&om_csrf, "  ")).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.text);
+        assert!(r.text.contains(&format!(r#"id="reason-{id}-error""#)), "{name}: the field is not marked: {}", r.text);
+        assert!(r.text.contains(&format!(r#"action="{decision_path}""#)), "{name}: no form to correct");
+        assert_eq!(kyc_state().await, "under_review", "{name}: nothing decided");
+        let r = post(om.clone(), form(&om_csrf, "passport matches the applicant")).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/ops/kyc"), "{name}: {}", r.text);
+        let r = o.call(Method::GET, "/v1/kyc", Some(&customer), None).await;
+        assert_eq!(r.json["state"], "verified", "{name}: {}", r.text);
+
+        // Maintenance: everyone reads the windows; the form is the operations manager's and the administrator's.
+        let page = ops_web(&o.app, Method::GET, "/ops/maintenance", &li, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{name}: {}", page.text);
+        assert!(page.text.contains(r#"id="may-not-announce""#) && !page.text.contains(r#"id="announce""#));
+        let li_csrf = page.csrf();
+        let page = ops_web(&o.app, Method::GET, "/ops/maintenance", &om, None, &[]).await;
+        for field in ["starts", "ends", "message"] {
+            assert!(page.text.contains(&format!(r#"<label for="{field}">"#)), "{name}: no label for {field}");
+        }
+        let om_csrf = page.csrf();
+        let window = |csrf: &'static str, starts: &'static str, ends: &'static str| {
+            [("csrf", csrf), ("starts", starts), ("ends", ends), ("message", "Upgrading the node; back soon.")]
+        };
+        let windows = || async { o.ts.store.maintenance_windows().await.unwrap().len() };
+        let r = ops_web(&o.app, Method::POST, "/ops/maintenance", &om, Some(ORIGIN), &window("0", "now", "30")).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.text.contains("csrf-token-invalid"), "{name}: {}", r.text);
+        let mut f = window("0", "now", "30");
+        f[0].1 = &li_csrf;
+        let r = ops_web(&o.app, Method::POST, "/ops/maintenance", &li, Some(ORIGIN), &f).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert!(r.text.contains("maintenance-windows is for operations_manager, administrator"), "{}", r.text);
+        assert_eq!(windows().await, 0, "{name}: nothing announced");
+        // The end before the start: the API's 422, the form again naming the end, the typed values kept.
+        let mut f = window("0", "now", "2020-01-01 00:00");
+        f[0].1 = &om_csrf;
+        let r = ops_web(&o.app, Method::POST, "/ops/maintenance", &om, Some(ORIGIN), &f).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.text);
+        assert!(r.text.contains("ends_at_ms") && r.text.contains("must be after starts_at_ms"), "{}", r.text);
+        assert!(r.text.contains(r#"id="ends-error""#) && r.text.contains(r#"value="2020-01-01 00:00""#), "{}", r.text);
+        assert!(r.text.contains("Upgrading the node; back soon.") && r.text.contains(r#"id="announce""#));
+        let mut f = window("0", "soon", "30");
+        f[0].1 = &om_csrf;
+        let r = ops_web(&o.app, Method::POST, "/ops/maintenance", &om, Some(ORIGIN), &f).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.text);
+        assert!(r.text.contains(r#"id="starts-error""#), "{name}: the start is not named: {}", r.text);
+        assert_eq!(windows().await, 0, "{name}: nothing announced");
+
+        // Announced from now: the portal answers the maintenance page, the console keeps working.
+        let mut f = window("0", "now", "30");
+        f[0].1 = &om_csrf;
+        let r = ops_web(&o.app, Method::POST, "/ops/maintenance", &om, Some(ORIGIN), &f).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/ops/maintenance"), "{name}: {}", r.text);
+        let portal = web(&o.app, Method::GET, "/login", &[], None, &[]).await;
+        assert_eq!(portal.status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {}", portal.text);
+        assert!(portal.text.contains("Upgrading the node; back soon."), "{name}: {}", portal.text);
+        let page = ops_web(&o.app, Method::GET, "/ops/maintenance", &om, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{name}: {}", page.text);
+        assert!(page.text.contains(r#"<td class="window-state">in force</td>"#), "{name}: {}", page.text);
+        let wid = o.ts.store.maintenance_windows().await.unwrap()[0].id.clone();
+        let cancel = format!("/ops/maintenance/{wid}/cancel");
+        assert!(page.text.contains(&format!(r#"action="{cancel}""#)), "{name}: no cancel button");
+        let r = ops_web(&o.app, Method::POST, &cancel, &om, Some(ORIGIN), &[("csrf", "0")]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {}", r.text);
+        assert_eq!(web(&o.app, Method::GET, "/login", &[], None, &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
+        let r = ops_web(&o.app, Method::POST, &cancel, &om, Some(ORIGIN), &[("csrf", &om_csrf)]).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/ops/maintenance"), "{name}: {}", r.text);
+        assert_eq!(web(&o.app, Method::GET, "/login", &[], None, &[]).await.status, StatusCode::OK, "{name}");
+        // Cancelled twice: the API's 409, on the page.
+        let r = ops_web(&o.app, Method::POST, &cancel, &om, Some(ORIGIN), &[("csrf", &om_csrf)]).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{name}: {}", r.text);
+        assert!(r.text.contains("window-closed") && r.text.contains(r#"role="alert""#), "{name}: {}", r.text);
     }
 }

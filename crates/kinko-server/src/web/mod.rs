@@ -23,6 +23,7 @@ pub mod kyc;
 pub mod mfa;
 pub mod money;
 pub mod ops;
+pub mod ops_admin;
 pub mod ops_keys;
 pub mod pages;
 pub mod portal;
@@ -128,6 +129,12 @@ pub fn routes() -> Router<AppState> {
         .route(ops_keys::OPS_KEYS_PATH, get(ops_keys::keys).post(ops_keys::request_key_action))
         .route("/ops/requests/{id}/execute", post(ops_keys::execute))
         .route(ops_keys::OPS_KEY_ACCESS_LOG_PATH, get(ops_keys::key_access_log))
+        // web::ops_admin (H-D): the KYC queue (review, decision) and maintenance windows (announce, cancel).
+        .route(ops_admin::OPS_KYC_PATH, get(ops_admin::kyc))
+        .route("/ops/kyc/{id}/review", post(ops_admin::kyc_review))
+        .route("/ops/kyc/{id}/decision", post(ops_admin::kyc_decision))
+        .route(ops_admin::OPS_MAINTENANCE_PATH, get(ops_admin::maintenance).post(ops_admin::announce))
+        .route("/ops/maintenance/{id}/cancel", post(ops_admin::cancel))
         .route(STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::from_fn(check_origin))
         .layer(axum::middleware::map_response(security_headers))

@@ -116,6 +116,8 @@ pub(super) fn ops_layout(title: &str, session: Option<&OpsSession>, body: Markup
                 " · " a href=(OPS_AUDIT_PATH) { "Audit trail" }
                 " · " a href=(super::ops_keys::OPS_KEYS_PATH) { "Keys" }
                 " · " a href=(super::ops_keys::OPS_KEY_ACCESS_LOG_PATH) { "Key access log" }
+                " · " a href=(super::ops_admin::OPS_KYC_PATH) { "KYC cases" }
+                " · " a href=(super::ops_admin::OPS_MAINTENANCE_PATH) { "Maintenance" }
                 form method="post" action="/ops/logout" class="inline" {
                     (csrf_field(&s.csrf()))
                     button type="submit" { "Log out" }

@@ -164,8 +164,47 @@ export function createRun({ tag, artifacts, fields = {}, timeoutMs }) {
       });
   }
 
-  return { result, fail, check, log, checkPage, problemShown, cspViolations, watchCsp, checkNoCspViolations, main };
+  // The operator console's log-in: operator id, password and a TOTP code on /ops/login, landing on the
+  // approval queue. `who`: { id, password, totp (the secret), after (optional: the TOTP step this operator
+  // already used elsewhere, e.g. a command-line log-in; each code is accepted once) }.
+  async function opsLogIn(page, base, who, tag) {
+    let r = await page.goto(`${base}/ops/login`);
+    await checkPage(page, `${tag}-login`, r, { status: 200 });
+    await page.fill('#operator_id', who.id);
+    await page.fill('#password', who.password);
+    // A step the server has not seen from this operator: the current one, or the next (one step of skew).
+    const step = Math.max(totpStep(), (who.after ?? -1) + 1);
+    if (result.totp_steps) result.totp_steps[who.id] = step;
+    await page.fill('#totp_code', totp(who.totp, step));
+    r = await submit(page, 'form[action="/ops/login"] button[type=submit]');
+    check(page.url() === `${base}/ops`, `${tag}: after log-in the page is ${page.url()}`);
+    return r;
+  }
+
+  async function opsLogOut(page, base, tag) {
+    await submit(page, 'form[action="/ops/logout"] button[type=submit]');
+    check(page.url() === `${base}/ops/login`, `${tag}: after log-out the page is ${page.url()}`);
+  }
+
+  return {
+    result,
+    fail,
+    check,
+    log,
+    checkPage,
+    problemShown,
+    cspViolations,
+    watchCsp,
+    checkNoCspViolations,
+    main,
+    opsLogIn,
+    opsLogOut,
+  };
 }
+
+// The trimmed text of the first element matching `selector`; '' when there is none.
+export const textOf = async (page, selector) =>
+  ((await page.locator(selector).first().textContent().catch(() => null)) || '').trim();
 
 // ---------------------------------------------------------------------------------------------------
 // The browser.

@@ -10,7 +10,7 @@
 //
 // usage: node tests/browser/operator_console.mjs <base-url> <artifacts-dir>   (environment: see below)
 
-import { createRun, env, launchChromium, submit, totp, totpStep } from './lib.mjs';
+import { createRun, env, launchChromium, submit, textOf } from './lib.mjs';
 
 const [base, artifacts] = process.argv.slice(2);
 if (!base || !artifacts) {
@@ -35,33 +35,13 @@ const run = createRun({
   fields: { cookie: null, decoded: null, approval_message: null, totp_steps: {} },
   timeoutMs: OVERALL_TIMEOUT_MS,
 });
-const { result, check, checkPage } = run;
+const { result, check, checkPage, opsLogIn, opsLogOut } = run;
 
-const text = async (page, selector) => ((await page.locator(selector).first().textContent().catch(() => null)) || '').trim();
-
-// Password + TOTP on /ops/login; lands on the approval queue.
-async function logIn(page, who, tag) {
-  let r = await page.goto(`${base}/ops/login`);
-  await checkPage(page, `${tag}-login`, r, { status: 200 });
-  await page.fill('#operator_id', who.id);
-  await page.fill('#password', who.password);
-  // A step the server has not seen from this operator: the current one, or the next (one step of skew).
-  const step = Math.max(totpStep(), who.after + 1);
-  result.totp_steps[who.id] = step;
-  await page.fill('#totp_code', totp(who.totp, step));
-  r = await submit(page, 'form[action="/ops/login"] button[type=submit]');
-  check(page.url() === `${base}/ops`, `${tag}: after log-in the page is ${page.url()}`);
-  return r;
-}
-
-async function logOut(page, tag) {
-  await submit(page, 'form[action="/ops/logout"] button[type=submit]');
-  check(page.url() === `${base}/ops/login`, `${tag}: after log-out the page is ${page.url()}`);
-}
+const text = textOf;
 
 // Queue → the request → the decoded transaction → paste the signature → approve.
 async function approve(page, context, who, tag, { REQUEST, INTENT_HASH, DESTINATION, AMOUNT }) {
-  let r = await logIn(page, who, tag);
+  let r = await opsLogIn(page, base, who, tag);
   await checkPage(page, `${tag}-queue`, r, { status: 200 });
   const link = page.locator(`main a[href="/ops/requests/${REQUEST}"]`);
   check((await link.count()) === 1, `${tag}-queue: request ${REQUEST} is not in the queue`);
@@ -104,7 +84,7 @@ async function approve(page, context, who, tag, { REQUEST, INTENT_HASH, DESTINAT
   await checkPage(page, `${tag}-approved`, r, { status: 200 });
   check((await page.locator('[role=alert]').count()) === 0, `${tag}-approved: ${await text(page, '[role=alert]')}`);
   check((await text(page, 'main')).includes(`${who.id} approve`), `${tag}-approved: ${who.id}'s decision is not listed`);
-  await logOut(page, tag);
+  await opsLogOut(page, base, tag);
 }
 
 async function withdrawalJourney(page, context) {
@@ -120,7 +100,7 @@ async function withdrawalJourney(page, context) {
   await approve(page, context, B, 'b', w);
 
   // The log inspector: the executed request is in the inspection view; record the inspection.
-  let r = await logIn(page, C, 'c');
+  let r = await opsLogIn(page, base, C, 'c');
   r = await page.goto(`${base}/ops/inspection`);
   await checkPage(page, 'c-inspection', r, { status: 200 });
   const link = page.locator(`main table a[href="/ops/requests/${REQUEST}"]`);
@@ -153,7 +133,7 @@ async function keysRequestJourney(page) {
   const KEY = env('KINKO_OPS_KEY');
   const TO_STATE = env('KINKO_OPS_TO_STATE');
   const SO = operator('SO');
-  await logIn(page, SO, 'so');
+  await opsLogIn(page, base, SO, 'so');
   let r = await page.goto(`${base}/ops/keys`);
   await checkPage(page, 'so-keys', r, { status: 200 });
   const row = `#keys tr[data-key-id="${KEY}"]`;
@@ -171,7 +151,7 @@ async function keysRequestJourney(page) {
   check((await text(page, '#request-state')) === 'requested', `so-requested: state ${await text(page, '#request-state')}`);
   check((await text(page, '#params')).includes(TO_STATE), `so-requested: params ${await text(page, '#params')}`);
   check((await text(page, '#sign-command')).startsWith(`kinko ops sign ${result.request_id}`), 'so-requested: no kinko ops sign command');
-  await logOut(page, 'so');
+  await opsLogOut(page, base, 'so');
 }
 
 // The signing manager approves with the signature `kinko ops sign` printed; the signing operator executes it
@@ -183,7 +163,7 @@ async function keysApproveJourney(page) {
   const [SM, SO, LI] = [operator('SM'), operator('SO'), operator('LI')];
   const requestUrl = `${base}/ops/requests/${REQUEST}`;
 
-  await logIn(page, SM, 'sm');
+  await opsLogIn(page, base, SM, 'sm');
   let r = await page.goto(requestUrl);
   await checkPage(page, 'sm-request', r, { status: 200 });
   check((await text(page, '#sign-command')).startsWith(`kinko ops sign ${REQUEST}`), 'sm-request: no kinko ops sign command');
@@ -195,9 +175,9 @@ async function keysApproveJourney(page) {
   await checkPage(page, 'sm-approved', r, { status: 200 });
   check((await page.locator('[role=alert]').count()) === 0, `sm-approved: ${await text(page, '[role=alert]')}`);
   check((await text(page, '#request-state')) === 'approved', `sm-approved: state ${await text(page, '#request-state')}`);
-  await logOut(page, 'sm');
+  await opsLogOut(page, base, 'sm');
 
-  await logIn(page, SO, 'so2');
+  await opsLogIn(page, base, SO, 'so2');
   r = await page.goto(requestUrl);
   await checkPage(page, 'so2-request', r, { status: 200 });
   r = await submit(page, `form[action="/ops/requests/${REQUEST}/execute"] button[type=submit]`);
@@ -214,13 +194,13 @@ async function keysApproveJourney(page) {
   await checkPage(page, 'so2-access-refused', r, { status: 403 });
   await run.problemShown(page, 'so2-access-refused', 'log_inspector');
   await page.goto(`${base}/ops`);
-  await logOut(page, 'so2');
+  await opsLogOut(page, base, 'so2');
 
-  await logIn(page, LI, 'li');
+  await opsLogIn(page, base, LI, 'li');
   r = await page.goto(`${base}/ops/key-access-log`);
   await checkPage(page, 'li-access-log', r, { status: 200 });
   result.access_ids = await page.locator('#key-access tr[data-access-id]').evaluateAll((rows) => rows.map((tr) => tr.getAttribute('data-access-id')));
-  await logOut(page, 'li');
+  await opsLogOut(page, base, 'li');
 }
 
 async function main() {

@@ -134,6 +134,8 @@ pub const TRANSACTION_PASSWORD: &str = "a separate transaction password";
 const CONFIRMATION_MAIL_WAIT: Duration = Duration::from_secs(60);
 /// The mail line that carries a withdrawal confirmation token.
 const TOKEN_LINE_PREFIX: &str = "Confirmation token:";
+/// The line of the verification mail that carries the token.
+const VERIFICATION_LINE_PREFIX: &str = kinko_server::api::onboarding::TOKEN_LINE_PREFIX;
 
 /// The customer's second factor as the harness holds it (shared by clones of one [`Customer`]).
 struct Factor {
@@ -355,6 +357,17 @@ pub async fn wait_confirmation_token(mail_dir: &std::path::Path, email: &str, id
 }
 
 fn find_confirmation_token(mail_dir: &std::path::Path, email: &str, id: &str) -> Option<String> {
+    find_mail_line(mail_dir, email, Some(id), TOKEN_LINE_PREFIX)
+}
+
+/// The e-mail verification token kinko mailed to `email`, if the mail is there yet.
+pub fn verification_token(mail_dir: &std::path::Path, email: &str) -> Option<String> {
+    find_mail_line(mail_dir, email, None, VERIFICATION_LINE_PREFIX)
+}
+
+/// What follows `prefix` on a line of the newest mail in `mail_dir` (the dev file transport's .eml files)
+/// to `email` whose body contains `naming`.
+fn find_mail_line(mail_dir: &std::path::Path, email: &str, naming: Option<&str>, prefix: &str) -> Option<String> {
     let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(mail_dir)
         .ok()?
         .flatten()
@@ -364,10 +377,12 @@ fn find_confirmation_token(mail_dir: &std::path::Path, email: &str, id: &str) ->
     files.sort();
     files.iter().rev().find_map(|(_, path)| {
         let mail = kinko_server::notices::testing::parse_mail(&std::fs::read_to_string(path).ok()?);
-        if !mail.to.to_ascii_lowercase().contains(&email.to_ascii_lowercase()) || !mail.body.contains(id) {
+        if !mail.to.to_ascii_lowercase().contains(&email.to_ascii_lowercase())
+            || naming.is_some_and(|n| !mail.body.contains(n))
+        {
             return None;
         }
-        mail.body.lines().find_map(|l| l.trim().strip_prefix(TOKEN_LINE_PREFIX).map(|t| t.trim().to_string()))
+        mail.body.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|t| t.trim().to_string()))
     })
 }
 

@@ -4,14 +4,14 @@
 //! with libbitcoinconsensus, broadcast with the real `BtcRpc` client to the regtest simulator and mined.
 //! Tampering is refused at both ends; one signature is not enough; change to a foreign address is refused.
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::process::Output;
 
 use bitcoin::bip32::Xpriv;
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, CompressedPublicKey, Network, OutPoint, Psbt, TxOut, Witness};
-use ed25519_dalek::SigningKey;
 use kinko_chain::btc::multisig::{
     Cosigner, MultisigFinalizeError, MultisigWallet, build_multisig_withdrawal, finalize_multisig,
 };
@@ -20,94 +20,19 @@ use kinko_chain::btc::regtest_sim::RegtestSimulator;
 use kinko_chain::btc::rpc::{BtcRpc, RpcError};
 use kinko_core::Amount as KAmount;
 use kinko_core::intent::Intent;
-use kinko_core::operator_registry::{RegistryChange, RegistryChangeKind};
-use kinko_core::operators::{ApprovalSubject, Decision, Process, Role};
 use kinko_keys::btc::Keychain;
 use kinko_offline::bundle::write_json_0600;
 use kinko_offline::psbt_bundle::{
     SignedPsbtBundle, UNSIGNED_PSBT_KIND, UnsignedPsbtBundle, encode_psbt, read_signed_psbt, verify_signed_psbt,
 };
-use kinko_signer::Approval;
-use kinko_signer::approvals::{LoggedChange, OperatorRegistry, sign_approval};
+use kinko_signer::approvals::LoggedChange;
 use kinko_signer::btc::btc_chain_id;
 use kinko_signer::btc_multisig::{CosignerKey, cosign};
+use support::{M1, M2, approvals, now_ms, registry_log, run, run_offline, text};
 
 const NET: Network = Network::Regtest;
 const FEE_SAT_MAX: u64 = 100_000;
 const FEE_RATE_SAT_PER_VB: u64 = 3;
-const A1: u8 = 100;
-const A2: u8 = 101;
-const M1: u8 = 1;
-const M2: u8 = 2;
-const M3: u8 = 3;
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-fn op_key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-fn add(id: &str, seed: u8, role: Role) -> RegistryChangeKind {
-    RegistryChangeKind::AddOperator {
-        operator_id: id.into(),
-        approval_public_key_hex: hex::encode(op_key(seed).verifying_key().as_bytes()),
-        role,
-        expires_at_ms: None,
-    }
-}
-
-fn push(log: &mut Vec<LoggedChange>, kind: RegistryChangeKind, signers: &[(u8, &str)], at_ms: i64) {
-    let r = OperatorRegistry::replay(log, at_ms).unwrap();
-    let (seq, prev_hash) = r.head().map(|(s, h)| (s + 1, h)).unwrap_or((0, [0; 32]));
-    let change = RegistryChange { seq, prev_hash, requested_by: "a1".into(), requested_at_ms: at_ms, change: kind };
-    let subject = change.subject().unwrap();
-    let approvals: Vec<Approval> = signers
-        .iter()
-        .map(|(seed, id)| sign_approval(&op_key(*seed), id, &subject, Decision::Approve).unwrap())
-        .collect();
-    log.push(LoggedChange { change, approvals, applied_at_ms: at_ms });
-}
-
-fn registry_log(at_ms: i64) -> Vec<LoggedChange> {
-    let mut log = Vec::new();
-    push(&mut log, add("a1", A1, Role::Administrator), &[(A1, "a1")], at_ms);
-    push(&mut log, add("a2", A2, Role::Administrator), &[(A1, "a1")], at_ms);
-    for (seed, id) in [(M1, "m1"), (M2, "m2"), (M3, "m3")] {
-        push(&mut log, add(id, seed, Role::SigningManager), &[(A1, "a1"), (A2, "a2")], at_ms);
-    }
-    log
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kinko-offline")
-}
-
-fn run_cmd(cmd: &mut Command, stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn run(args: &[&str], stdin: &str) -> Output {
-    run_cmd(Command::new(bin()).args(args), stdin)
-}
-
-/// Runs `kinko-offline` in a network namespace of its own with no interface up: it cannot reach anything.
-fn run_offline(args: &[String], stdin: &str) -> Output {
-    let probe = Command::new("unshare").args(["-rn", "true"]).output();
-    assert!(
-        probe.as_ref().is_ok_and(|o| o.status.success()),
-        "`unshare -rn` (util-linux, unprivileged user namespaces) is required for the K14 offline tests: {probe:?}"
-    );
-    run_cmd(Command::new("unshare").arg("-rn").arg(bin()).args(args), stdin)
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn master(seed: u8) -> Xpriv {
     kinko_keys::hd::master_from_seed(&[seed; 32]).unwrap()
@@ -262,11 +187,6 @@ fn intent(id: &str, to: &Address, amount: Amount) -> Intent {
         customer_id: "kinko".into(),
         reason: "cold to hot refill".into(),
     }
-}
-
-fn approvals(intent: &Intent, by: &[(u8, &str)]) -> Vec<Approval> {
-    let subject = ApprovalSubject::new(Process::Signing, &intent.id, intent.hash()).unwrap();
-    by.iter().map(|(seed, id)| sign_approval(&op_key(*seed), id, &subject, Decision::Approve).unwrap()).collect()
 }
 
 fn bundle(s: &Setup, intent: &Intent, psbt: &Psbt) -> UnsignedPsbtBundle {

@@ -3,100 +3,33 @@
 //! edited signed file online), as are approvals below quorum, forged approvals and a registry log that does
 //! not extend the pinned one.
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::process::{Command, Output};
 
 use alloy_consensus::{SignableTransaction, TxEip1559};
 use alloy_eips::eip2930::AccessList;
 use alloy_primitives::{Address, Bytes, TxKind, U256};
-use ed25519_dalek::SigningKey;
 use kinko_chain::anvil::{ACCOUNT0, ACCOUNT1, Anvil};
 use kinko_core::asset::{AssetKind, AssetSpec};
 use kinko_core::intent::Intent;
-use kinko_core::operator_registry::{RegistryChange, RegistryChangeKind};
-use kinko_core::operators::{ApprovalSubject, Decision, Process, Role};
+use kinko_core::operators::Role;
 use kinko_core::{Amount, ChainId};
 use kinko_offline::bundle::{
     SIGNED_KIND, SignedBundle, UNSIGNED_KIND, UnsignedBundle, read_signed, verify_signed, write_json_0600,
 };
 use kinko_offline::keystore::Keystore;
-use kinko_signer::Approval;
-use kinko_signer::approvals::{LoggedChange, OperatorRegistry, sign_approval};
+use kinko_signer::approvals::LoggedChange;
 use serde_json::json;
+use support::{A1, A2, M1, M2, add, approvals, bin, now_ms, push, registry_log, require_unshare, run, run_cmd, text};
 
 const CHAIN: u64 = 31337;
 const GWEI: u128 = 1_000_000_000;
 const ETH: u128 = 1_000_000_000_000_000_000;
-/// Administrators' and signing managers' Ed25519 key seeds.
-const A1: u8 = 100;
-const A2: u8 = 101;
-const M1: u8 = 1;
-const M2: u8 = 2;
-const M3: u8 = 3;
 /// The crates that open sockets or need a runtime that does; none may be in kinko-offline's closure.
 const NETWORKING_CRATES: &[&str] =
     &["tokio", "reqwest", "sqlx", "hyper", "axum", "mio", "socket2", "lettre", "kinko-store", "hyper-util"];
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-fn op_key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-fn add(id: &str, seed: u8, role: Role) -> RegistryChangeKind {
-    RegistryChangeKind::AddOperator {
-        operator_id: id.into(),
-        approval_public_key_hex: hex::encode(op_key(seed).verifying_key().as_bytes()),
-        role,
-        expires_at_ms: None,
-    }
-}
-
-/// Appends one change requested by a1 and signed by `signers`, applied at `at_ms`.
-fn push(log: &mut Vec<LoggedChange>, kind: RegistryChangeKind, signers: &[(u8, &str)], at_ms: i64) {
-    let r = OperatorRegistry::replay(log, at_ms).unwrap();
-    let (seq, prev_hash) = r.head().map(|(s, h)| (s + 1, h)).unwrap_or((0, [0; 32]));
-    let change = RegistryChange { seq, prev_hash, requested_by: "a1".into(), requested_at_ms: at_ms, change: kind };
-    let subject = change.subject().unwrap();
-    let approvals: Vec<Approval> = signers
-        .iter()
-        .map(|(seed, id)| sign_approval(&op_key(*seed), id, &subject, Decision::Approve).unwrap())
-        .collect();
-    log.push(LoggedChange { change, approvals, applied_at_ms: at_ms });
-}
-
-/// Administrators a1, a2; signing managers m1..m3.
-fn registry_log(at_ms: i64) -> Vec<LoggedChange> {
-    let mut log = Vec::new();
-    push(&mut log, add("a1", A1, Role::Administrator), &[(A1, "a1")], at_ms);
-    push(&mut log, add("a2", A2, Role::Administrator), &[(A1, "a1")], at_ms);
-    for (seed, id) in [(M1, "m1"), (M2, "m2"), (M3, "m3")] {
-        push(&mut log, add(id, seed, Role::SigningManager), &[(A1, "a1"), (A2, "a2")], at_ms);
-    }
-    log
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kinko-offline")
-}
-
-fn run(args: &[&str], stdin: &str) -> Output {
-    run_cmd(Command::new(bin()).args(args), stdin)
-}
-
-fn run_cmd(cmd: &mut Command, stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 struct Cold {
     dir: tempfile::TempDir,
@@ -209,11 +142,6 @@ fn payload_hex(tx: &TxEip1559) -> String {
     format!("0x{}", hex::encode(out))
 }
 
-fn approvals(intent: &Intent, by: &[(u8, &str)]) -> Vec<Approval> {
-    let subject = ApprovalSubject::new(Process::Signing, &intent.id, intent.hash()).unwrap();
-    by.iter().map(|(seed, id)| sign_approval(&op_key(*seed), id, &subject, Decision::Approve).unwrap()).collect()
-}
-
 /// A refill bundle: `value` wei from the cold wallet to `to` at `nonce`, approved by m1 and m2.
 fn bundle(cold: &Cold, id: &str, nonce: u64, to: &str, value: u128) -> UnsignedBundle {
     let intent = Intent {
@@ -288,11 +216,7 @@ fn k14_offline_crate_has_no_networking_dependencies() {
 
 #[tokio::test]
 async fn k14_offline_sign_runs_without_network_and_opens_no_socket() {
-    let probe = Command::new("unshare").args(["-rn", "true"]).output();
-    assert!(
-        probe.as_ref().is_ok_and(|o| o.status.success()),
-        "`unshare -rn` (util-linux, unprivileged user namespaces) is required for the K14 no-network test: {probe:?}"
-    );
+    require_unshare();
     let strace = Command::new("strace").arg("-V").output();
     assert!(strace.is_ok_and(|o| o.status.success()), "`strace` is required for the K14 no-network test (.ci/run)");
 

@@ -2,20 +2,17 @@
 //! same account xpub. Real parts throughout: the real Shamir split, the real BIP32 derivation, the SVG
 //! files as written, their QR codes read back by a real QR decoder (rqrr), and the `kinko-offline` binary.
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use ed25519_dalek::SigningKey;
-use kinko_core::operator_registry::{RegistryChange, RegistryChangeKind};
-use kinko_core::operators::{Decision, Role};
 use kinko_keys::hd;
 use kinko_keys::seed::MasterSeed;
 use kinko_offline::keystore::Keystore;
 use kinko_offline::paper::{self, PaperError};
-use kinko_signer::approvals::{LoggedChange, OperatorRegistry, sign_approval};
+use support::registry_log;
 
 /// The account xpub of a mnemonic, derived here the way the key system does, independently of paper.rs.
 fn cold_xpub(words: &str) -> String {
@@ -193,38 +190,10 @@ fn k17_paper_cli_backs_up_from_stdin_and_restores_from_the_pages() {
     }
 }
 
-/// Administrators a1, a2 and signing manager m1, for a real `keygen` (it refuses an empty or unverified log).
-fn registry_log(at_ms: i64) -> Vec<LoggedChange> {
-    let key = |seed: u8| SigningKey::from_bytes(&[seed; 32]);
-    let mut log: Vec<LoggedChange> = Vec::new();
-    for (id, seed, role, signers) in [
-        ("a1", 100u8, Role::Administrator, vec![(100u8, "a1")]),
-        ("a2", 101, Role::Administrator, vec![(100, "a1")]),
-        ("m1", 1, Role::SigningManager, vec![(100, "a1"), (101, "a2")]),
-    ] {
-        let kind = RegistryChangeKind::AddOperator {
-            operator_id: id.into(),
-            approval_public_key_hex: hex::encode(key(seed).verifying_key().as_bytes()),
-            role,
-            expires_at_ms: None,
-        };
-        let r = OperatorRegistry::replay(&log, at_ms).unwrap();
-        let (seq, prev_hash) = r.head().map(|(s, h)| (s + 1, h)).unwrap_or((0, [0; 32]));
-        let change = RegistryChange { seq, prev_hash, requested_by: "a1".into(), requested_at_ms: at_ms, change: kind };
-        let subject = change.subject().unwrap();
-        let approvals = signers
-            .iter()
-            .map(|(seed, id)| sign_approval(&key(*seed), id, &subject, Decision::Approve).unwrap())
-            .collect();
-        log.push(LoggedChange { change, approvals, applied_at_ms: at_ms });
-    }
-    log
-}
-
 #[test]
 fn k17_paper_backup_of_a_keygen_cold_seed_restores_to_the_keystores_xpub() {
     let dir = tempfile::tempdir().unwrap();
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now_ms = support::now_ms();
     let registry = dir.path().join("registry.json");
     std::fs::write(&registry, serde_json::to_vec(&registry_log(now_ms - 60_000)).unwrap()).unwrap();
     let keys = dir.path().join("keys");

@@ -23,7 +23,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
-use super::pages::{Nav, csrf_field, layout, problem_page, problem_summary, respond, utc};
+use super::pages::{Nav, code_fields, csrf_field, layout, problem_page, problem_summary, respond, utc};
 use super::portal::{form, qr_data_uri};
 use super::{PendingSession, WebSession};
 use crate::AppState;
@@ -525,18 +525,7 @@ async fn step_up_page(
             form method="post" action=(STEP_UP_PATH) {
                 (csrf_field(&csrf))
                 input type="hidden" name="next" value=(next);
-                div class="field" {
-                    label for="method" { "Kind of code" }
-                    select id="method" name="method" {
-                        option value="totp" selected { "Authenticator app code" }
-                        option value="recovery_code" { "Recovery code" }
-                    }
-                }
-                div class="field" {
-                    label for="code" { "Code" }
-                    input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code"
-                        spellcheck="false" required maxlength="64";
-                }
+                (code_fields())
                 button type="submit" { "Confirm" }
             }
         }

@@ -175,6 +175,24 @@ pub fn csrf_field(token: &str) -> Markup {
     html! { input type="hidden" name=(CSRF_FIELD) value=(token); }
 }
 
+/// The second-factor code fields (authenticator app code or recovery code) the log-in and step-up forms share.
+pub fn code_fields() -> Markup {
+    html! {
+        div class="field" {
+            label for="method" { "Kind of code" }
+            select id="method" name="method" {
+                option value="totp" selected { "Authenticator app code" }
+                option value="recovery_code" { "Recovery code" }
+            }
+        }
+        div class="field" {
+            label for="code" { "Code" }
+            input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code"
+                spellcheck="false" required maxlength="64";
+        }
+    }
+}
+
 /// Milliseconds since the epoch as UTC text (`2026-11-23 18:34:12 UTC`).
 pub fn utc(ms: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) {

@@ -17,7 +17,7 @@ use qrcode::{EcLevel, QrCode};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::pages::{Nav, csrf_field, layout, problem_page, problem_summary, respond, utc};
+use super::pages::{Nav, code_fields, csrf_field, layout, problem_page, problem_summary, respond, utc};
 use super::{PendingSession, SESSION_COOKIE, Visitor, WebSession, set_cookie};
 use crate::AppState;
 use crate::api::Problem;
@@ -273,18 +273,7 @@ fn second_factor_page(session: &WebSession, passkey: bool, problem: Option<&Prob
         p { "Enter the 6-digit code your authenticator app shows now, or one of your recovery codes." }
         form method="post" action="/login/second-factor" {
             (csrf_field(&session.csrf()))
-            div class="field" {
-                label for="method" { "Kind of code" }
-                select id="method" name="method" {
-                    option value="totp" selected { "Authenticator app code" }
-                    option value="recovery_code" { "Recovery code" }
-                }
-            }
-            div class="field" {
-                label for="code" { "Code" }
-                input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code"
-                    spellcheck="false" required maxlength="64";
-            }
+            (code_fields())
             button type="submit" { "Continue" }
         }
         // web::mfa (H7): a customer with a passkey may use it instead.
